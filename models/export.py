@@ -1,0 +1,273 @@
+"""Export a native transformers Florence-2 model to onnx-community's Florence-2 layout.
+
+    out/onnx/vision_encoder.onnx        pixel_values [B,3,768,768] -> image_features [B,577,D]
+    out/onnx/embed_tokens.onnx          input_ids -> inputs_embeds
+    out/onnx/encoder_model.onnx         inputs_embeds, attention_mask -> last_hidden_state
+    out/onnx/decoder_model_merged.onnx  inputs_embeds, encoder_attention_mask, encoder_hidden_states,
+                                        past_key_values.{i}.{decoder,encoder}.{key,value}, use_cache_branch
+                                        -> logits, present.{i}.{decoder,encoder}.{key,value}
+    out/config.json, generation_config.json, preprocessor_config.json, tokenizer files
+
+Needs torch, transformers and onnx (the `[export]` extra); nothing at run time imports it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from edge_agent.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json",
+                   "special_tokens_map.json", "added_tokens.json", "SOURCES.md")
+IMAGE_TOKEN_ID = 51289
+TEXT_VOCAB = 51290  # the tokenizer's 51289 ids + the native model's image placeholder
+
+# Florence-2's published generation settings (BART's): start 2, forced BOS 0, forced EOS 2.
+GENERATION_CONFIG = {
+    "bos_token_id": 0,
+    "decoder_start_token_id": 2,
+    "early_stopping": True,
+    "eos_token_id": 2,
+    "forced_bos_token_id": 0,
+    "forced_eos_token_id": 2,
+    "no_repeat_ngram_size": 3,
+    "num_beams": 3,
+    "pad_token_id": 1,
+}
+
+PREPROCESSOR_CONFIG = {
+    "crop_size": {"height": 768, "width": 768},
+    "do_center_crop": False,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "CLIPImageProcessor",
+    "image_seq_length": 577,
+    "image_std": [0.229, 0.224, 0.225],
+    "processor_class": "Florence2Processor",
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+    "size": {"height": 768, "width": 768},
+}
+
+# Architecture sizes.  base/large follow the published Florence-2 configs; tiny keeps the
+# real vocabulary and layout with small widths (a test fixture, its output is noise).
+ARCHS = {
+    "tiny": dict(vision=dict(embed_dim=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                             num_groups=(1, 2, 2, 4)),
+                 text=dict(d_model=24, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                           decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48)),
+    "base": dict(vision=dict(embed_dim=(128, 256, 512, 1024), depths=(1, 1, 9, 1), num_heads=(4, 8, 16, 32),
+                             num_groups=(4, 8, 16, 32)),
+                 text=dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                           decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072)),
+    "large": dict(vision=dict(embed_dim=(256, 512, 1024, 2048), depths=(1, 1, 9, 1), num_heads=(8, 16, 32, 64),
+                              num_groups=(8, 16, 32, 64)),
+                  text=dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                            decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)),
+}
+TINY_TEXT_STD = 0.25  # wider text weights so that a random model's output depends on its input
+
+
+def random_config(kind: str):
+    """A `Florence2Config` of the real architecture at size tiny|base|large."""
+    from transformers import BartConfig, Florence2Config
+
+    if kind not in ARCHS:
+        raise ConfigError(f"unknown random config {kind!r}: expected one of {', '.join(ARCHS)}")
+    arch = ARCHS[kind]
+    text = BartConfig(
+        vocab_size=TEXT_VOCAB, max_position_embeddings=1024, activation_function="gelu",
+        scale_embedding=False, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+        forced_bos_token_id=0, forced_eos_token_id=2, is_encoder_decoder=True, **arch["text"])
+    vision = dict(arch["vision"], projection_dim=arch["text"]["d_model"], window_size=12,
+                  patch_size=(7, 3, 3, 3), patch_stride=(4, 2, 2, 2), patch_padding=(3, 1, 1, 1),
+                  patch_prenorm=(False, True, True, True), drop_path_rate=0.0)
+    return Florence2Config(text_config=text.to_dict(), vision_config=vision, image_token_id=IMAGE_TOKEN_ID)
+
+
+def random_model(kind: str, seed: int = 0, text_std: float | None = None):
+    """Native `Florence2ForConditionalGeneration` with seeded random weights (eval mode)."""
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(random_config(kind)).eval()
+    std = TINY_TEXT_STD if text_std is None and kind == "tiny" else text_std
+    if std:
+        widen_text_weights(model, std, seed)
+    return model
+
+
+def widen_text_weights(model, std: float, seed: int) -> None:
+    """Re-initialise the language model's 2-D weights with N(0, std) (tied lm_head follows)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.model.language_model.named_parameters()):
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+        model.lm_head.weight = model.model.language_model.shared.weight
+        for emb in (model.model.language_model.encoder.embed_tokens, model.model.language_model.decoder.embed_tokens):
+            emb.weight = model.model.language_model.shared.weight
+
+
+def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+def _layer_names(n: int, prefix: str, parts=("decoder", "encoder")) -> list[str]:
+    return [f"{prefix}.{i}.{p}.{kv}" for i in range(n) for p in parts for kv in ("key", "value")]
+
+
+def _kv_axes(names: list[str], past: bool) -> dict:
+    axes = {}
+    for name in names:
+        seq = ("past_decoder_sequence_length" if past else "decoder_sequence_length") if ".decoder." in name \
+            else "encoder_sequence_length_out"
+        axes[name] = {0: "batch_size", 2: seq}
+    return axes
+
+
+def export_vision(model, out: Path) -> None:
+    import torch
+    from models.export_wrappers import VisionWrapper
+
+    pixel = torch.randn(1, 3, 768, 768)
+    _export(VisionWrapper(model), (pixel,), out / "vision_encoder.onnx", ["pixel_values"], ["image_features"],
+            {"pixel_values": {0: "batch_size"}, "image_features": {0: "batch_size"}})
+
+
+def export_embed(model, out: Path) -> None:
+    import torch
+    from models.export_wrappers import EmbedWrapper
+
+    ids = torch.tensor([[0, 574, 22486, 2]])
+    _export(EmbedWrapper(model), (ids,), out / "embed_tokens.onnx", ["input_ids"], ["inputs_embeds"],
+            {"input_ids": {0: "batch_size", 1: "sequence_length"},
+             "inputs_embeds": {0: "batch_size", 1: "sequence_length"}})
+
+
+def export_encoder(model, out: Path) -> None:
+    import torch
+    from models.export_wrappers import EncoderWrapper
+
+    d = model.config.text_config.d_model
+    emb, mask = torch.randn(2, 20, d), torch.ones(2, 20, dtype=torch.int64)
+    _export(EncoderWrapper(model), (emb, mask), out / "encoder_model.onnx", ["inputs_embeds", "attention_mask"],
+            ["last_hidden_state"],
+            {"inputs_embeds": {0: "batch_size", 1: "encoder_sequence_length"},
+             "attention_mask": {0: "batch_size", 1: "encoder_sequence_length"},
+             "last_hidden_state": {0: "batch_size", 1: "encoder_sequence_length"}})
+
+
+def export_decoder(model, out: Path, tmp: Path) -> None:
+    import onnx
+    import torch
+    from models.export_merge import merge_decoders
+    from models.export_wrappers import DecoderFirst, DecoderWithPast
+
+    tc = model.config.text_config
+    n, d, heads = tc.decoder_layers, tc.d_model, tc.decoder_attention_heads
+    b, s_enc, past_len = 2, 20, 3
+    emb, mask = torch.randn(b, 1, d), torch.ones(b, s_enc, dtype=torch.int64)
+    enc = torch.randn(b, s_enc, d)
+    common = {"inputs_embeds": {0: "batch_size", 1: "decoder_sequence_length"},
+              "encoder_attention_mask": {0: "batch_size", 1: "encoder_sequence_length"},
+              "logits": {0: "batch_size", 1: "decoder_sequence_length"}}
+    present_all = _layer_names(n, "present")
+    _export(DecoderFirst(model), (emb, mask, enc), tmp / "decoder_first.onnx",
+            ["inputs_embeds", "encoder_attention_mask", "encoder_hidden_states"], ["logits"] + present_all,
+            {**common, "encoder_hidden_states": {0: "batch_size", 1: "encoder_sequence_length"},
+             **_kv_axes(present_all, past=False)})
+    past_names = _layer_names(n, "past_key_values")
+    past = []
+    for name in past_names:
+        past.append(torch.randn(b, heads, past_len if ".decoder." in name else s_enc, d // heads))
+    present_dec = _layer_names(n, "present", ("decoder",))
+    _export(DecoderWithPast(model), (emb, mask, *past), tmp / "decoder_with_past.onnx",
+            ["inputs_embeds", "encoder_attention_mask"] + past_names, ["logits"] + present_dec,
+            {**common, **_kv_axes(past_names, past=True), **_kv_axes(present_dec, past=False)})
+    merged = merge_decoders(onnx.load(str(tmp / "decoder_first.onnx")),
+                            onnx.load(str(tmp / "decoder_with_past.onnx")), n)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(out / "decoder_model_merged.onnx"))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def copy_tokenizer(src: Path, out: Path) -> None:
+    src = Path(src)
+    if not (src / "vocab.json").is_file() and not (src / "tokenizer.json").is_file():
+        raise ModelError(f"{src}: no tokenizer files (vocab.json or tokenizer.json)")
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+
+
+def export_model(model, out_dir, tokenizer_dir=None, generation_config: dict | None = None,
+                 preprocessor_config: dict | None = None) -> Path:
+    """Write the whole onnx-community layout for a native model into out_dir."""
+    out = Path(out_dir)
+    onnx_dir = out / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_vision(model, onnx_dir)
+        export_embed(model, onnx_dir)
+        export_encoder(model, onnx_dir)
+        export_decoder(model, onnx_dir, Path(tmp))
+    model.config.to_json_file(str(out / "config.json"))
+    write_json(out / "generation_config.json", generation_config or GENERATION_CONFIG)
+    write_json(out / "preprocessor_config.json", preprocessor_config or PREPROCESSOR_CONFIG)
+    copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else DEFAULT_TOKENIZER_DIR, out)
+    log.info("exported %s", out)
+    return out
+
+
+def export_random(kind: str, seed: int, out_dir, tokenizer_dir=None) -> Path:
+    """A random-weight model of the real architecture (tiny|base|large), exported."""
+    return export_model(random_model(kind, seed), out_dir, tokenizer_dir)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{path}: cannot read JSON: {exc}") from None
+
+
+def export_from_checkpoint(src, out_dir, tokenizer_dir=None) -> Path:
+    """A checkpoint saved with `Florence2ForConditionalGeneration.save_pretrained`, exported.
+    Its tokenizer, preprocessor and generation configs are copied when present."""
+    from transformers import Florence2ForConditionalGeneration
+
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ModelError(f"{src / 'config.json'}: not found (expected a saved transformers Florence-2 checkpoint)")
+    try:
+        model = Florence2ForConditionalGeneration.from_pretrained(str(src))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{src}: cannot load a Florence-2 checkpoint: {exc}") from None
+    gen = _read_json(src / "generation_config.json")
+    pre = _read_json(src / "preprocessor_config.json")
+    if tokenizer_dir is None and ((src / "vocab.json").is_file() or (src / "tokenizer.json").is_file()):
+        tokenizer_dir = src
+    return export_model(model, out_dir, tokenizer_dir, gen, pre)

@@ -1,0 +1,163 @@
+"""Small explicit torch forwards over a native `Florence2ForConditionalGeneration`'s weights.
+
+Each wrapper has plain tensor inputs and outputs (no HF Cache objects), so that
+`torch.onnx.export(dynamo=False)` traces it into the onnx-community graph layout:
+
+- `VisionWrapper`:   pixel_values -> image_features (the projected, normed image tokens)
+- `EmbedWrapper`:    input_ids -> inputs_embeds (scaled as BART scales them)
+- `EncoderWrapper`:  inputs_embeds, attention_mask -> last_hidden_state
+- `DecoderFirst`:    first step: inputs_embeds, encoder_attention_mask, encoder_hidden_states
+                     -> logits, present.{i}.{decoder,encoder}.{key,value}
+- `DecoderWithPast`: later steps: inputs_embeds, encoder_attention_mask, past.{i}.{decoder,encoder}.{key,value}
+                     -> logits, present.{i}.decoder.{key,value}
+
+The arithmetic is BART's (post-LayerNorm layers, learned positions with offset 2, no
+final_logits_bias in Florence-2), written with explicit key/value tensors.  Import this
+module only at export time: it needs torch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POS_OFFSET = 2  # BartLearnedPositionalEmbedding offset
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, S, D] -> [B, H, S, D/H]"""
+    b, s, d = x.shape
+    return x.reshape(b, s, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, S, Dh] -> [B, S, H*Dh]"""
+    b, h, s, dh = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * dh)
+
+
+def _padding_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, S] of 1/0 -> additive [B, 1, 1, S]"""
+    m = mask[:, None, None, :].to(dtype)
+    return (1.0 - m) * torch.finfo(dtype).min
+
+
+def _attend(q, k, v, bias, scaling: float) -> torch.Tensor:
+    w = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    if bias is not None:
+        w = w + bias
+    return torch.matmul(torch.softmax(w, dim=-1), v)
+
+
+def _project_kv(attn, states, heads):
+    return _split_heads(attn.k_proj(states), heads), _split_heads(attn.v_proj(states), heads)
+
+
+def _attention_out(attn, hidden, k, v, bias, heads):
+    q = _split_heads(attn.q_proj(hidden), heads)
+    return attn.out_proj(_merge_heads(_attend(q, k, v, bias, attn.scaling)))
+
+
+def _ffn(layer, h):
+    out = layer.fc2(layer.activation_fn(layer.fc1(h)))
+    return layer.final_layer_norm(h + out)
+
+
+def _positions(embed_positions: nn.Embedding, start, length, device) -> torch.Tensor:
+    ids = torch.arange(length, device=device) + start + POS_OFFSET
+    return nn.functional.embedding(ids, embed_positions.weight)[None]
+
+
+class VisionWrapper(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model.get_image_features(pixel_values).pooler_output
+
+
+class EmbedWrapper(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.embed = model.model.language_model.encoder.embed_tokens
+
+    def forward(self, input_ids):
+        return self.embed(input_ids)
+
+
+class EncoderWrapper(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.enc = model.model.language_model.encoder
+        self.heads = model.config.text_config.encoder_attention_heads
+
+    def forward(self, inputs_embeds, attention_mask):
+        pos = _positions(self.enc.embed_positions, 0, inputs_embeds.shape[1], inputs_embeds.device)
+        h = self.enc.layernorm_embedding(inputs_embeds + pos)
+        bias = _padding_mask(attention_mask, h.dtype)
+        for layer in self.enc.layers:
+            k, v = _project_kv(layer.self_attn, h, self.heads)
+            h = layer.self_attn_layer_norm(h + _attention_out(layer.self_attn, h, k, v, bias, self.heads))
+            h = _ffn(layer, h)
+        return h
+
+
+class _DecoderBase(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.dec = model.model.language_model.decoder
+        self.lm_head = model.lm_head
+        self.heads = model.config.text_config.decoder_attention_heads
+
+    def _causal_bias(self, past_len, new_len, dtype, device):
+        j = torch.arange(new_len, device=device) + past_len  # absolute position of each new token
+        total = torch.arange(past_len + new_len, device=device)
+        allowed = total[None, :] <= j[:, None]
+        return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+
+    def _run(self, inputs_embeds, encoder_attention_mask, self_kv, cross_kv, past_len):
+        """self_kv[i] = (past_k, past_v) or None; cross_kv[i] = (k, v). Returns logits, new self kv."""
+        new_len = inputs_embeds.shape[1]
+        pos = _positions(self.dec.embed_positions, past_len, new_len, inputs_embeds.device)
+        h = self.dec.layernorm_embedding(inputs_embeds + pos)
+        causal = self._causal_bias(past_len, new_len, h.dtype, h.device)
+        cross_bias = _padding_mask(encoder_attention_mask, h.dtype)
+        presents = []
+        for i, layer in enumerate(self.dec.layers):
+            k, v = _project_kv(layer.self_attn, h, self.heads)
+            if self_kv[i] is not None:
+                k = torch.cat([self_kv[i][0], k], dim=2)
+                v = torch.cat([self_kv[i][1], v], dim=2)
+            presents.append((k, v))
+            h = layer.self_attn_layer_norm(h + _attention_out(layer.self_attn, h, k, v, causal, self.heads))
+            ck, cv = cross_kv[i]
+            h = layer.encoder_attn_layer_norm(h + _attention_out(layer.encoder_attn, h, ck, cv, cross_bias, self.heads))
+            h = _ffn(layer, h)
+        return self.lm_head(h), presents
+
+
+class DecoderFirst(_DecoderBase):
+    """No past: computes the cross-attention keys/values from the encoder output."""
+
+    def forward(self, inputs_embeds, encoder_attention_mask, encoder_hidden_states):
+        cross = [_project_kv(layer.encoder_attn, encoder_hidden_states, self.heads) for layer in self.dec.layers]
+        logits, presents = self._run(inputs_embeds, encoder_attention_mask, [None] * len(cross), cross, 0)
+        out = [logits]
+        for (k, v), (ck, cv) in zip(presents, cross):
+            out += [k, v, ck, cv]
+        return tuple(out)
+
+
+class DecoderWithPast(_DecoderBase):
+    """With past: past tensors come flat, 4 per layer (decoder key, value, encoder key, value)."""
+
+    def forward(self, inputs_embeds, encoder_attention_mask, *past):
+        n = len(self.dec.layers)
+        self_kv = [(past[4 * i], past[4 * i + 1]) for i in range(n)]
+        cross = [(past[4 * i + 2], past[4 * i + 3]) for i in range(n)]
+        past_len = past[0].shape[2]
+        logits, presents = self._run(inputs_embeds, encoder_attention_mask, self_kv, cross, past_len)
+        out = [logits]
+        for k, v in presents:
+            out += [k, v]
+        return tuple(out)

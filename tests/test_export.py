@@ -1,0 +1,130 @@
+"""The committed tiny fixture: onnx-community layout and tensor names, and each ONNX part
+equal (fp32, allclose) to the native transformers model rebuilt from make_tiny_model.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from fixtures.make_tiny_model import DEFAULT_OUT as TINY, build_torch_model  # noqa: E402
+
+PARTS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model_merged")
+OD_IDS = [0, 574, 22486, 5, 8720, 19, 4120, 766, 11, 5, 2274, 4, 2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_torch_model()
+
+
+def _session(name: str):
+    return ort.InferenceSession(str(TINY / "onnx" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    return {p: _session(p) for p in PARTS}
+
+
+def test_layout_files_present():
+    for suffix in ("", "_int8"):
+        for part in PARTS:
+            assert (TINY / "onnx" / f"{part}{suffix}.onnx").is_file(), part + suffix
+    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "vocab.json", "merges.txt",
+                 "tokenizer_config.json"):
+        assert (TINY / name).is_file(), name
+    gen = json.loads((TINY / "generation_config.json").read_text())
+    assert (gen["decoder_start_token_id"], gen["forced_bos_token_id"], gen["forced_eos_token_id"]) == (2, 0, 2)
+    assert (gen["no_repeat_ngram_size"], gen["num_beams"]) == (3, 3)
+    size = sum(f.stat().st_size for f in TINY.rglob("*") if f.is_file())
+    assert size < 20e6, size
+
+
+def test_tensor_names(sessions):
+    names = lambda items: [i.name for i in items]  # noqa: E731
+    assert names(sessions["vision_encoder"].get_inputs()) == ["pixel_values"]
+    assert names(sessions["vision_encoder"].get_outputs()) == ["image_features"]
+    assert names(sessions["embed_tokens"].get_inputs()) == ["input_ids"]
+    assert names(sessions["embed_tokens"].get_outputs()) == ["inputs_embeds"]
+    assert names(sessions["encoder_model"].get_inputs()) == ["inputs_embeds", "attention_mask"]
+    assert names(sessions["encoder_model"].get_outputs()) == ["last_hidden_state"]
+    kv = [f"{i}.{p}.{k}" for i in range(2) for p in ("decoder", "encoder") for k in ("key", "value")]
+    dec_in = names(sessions["decoder_model_merged"].get_inputs())
+    assert dec_in == ["inputs_embeds", "encoder_attention_mask", "encoder_hidden_states"] + \
+        [f"past_key_values.{n}" for n in kv] + ["use_cache_branch"]
+    assert names(sessions["decoder_model_merged"].get_outputs()) == ["logits"] + [f"present.{n}" for n in kv]
+
+
+def _decoder_feeds(sessions, enc_out, mask, token):
+    emb = sessions["embed_tokens"].run(None, {"input_ids": np.full((len(mask), 1), token, np.int64)})[0]
+    feeds = {"inputs_embeds": emb, "encoder_attention_mask": mask, "encoder_hidden_states": enc_out,
+             "use_cache_branch": np.array([False])}
+    for i in sessions["decoder_model_merged"].get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((len(mask), i.shape[1], 0, i.shape[3]), np.float32)
+    return feeds
+
+
+def test_parts_match_transformers(model, sessions):
+    gen = torch.Generator().manual_seed(3)
+    px = torch.randn(2, 3, 768, 768, generator=gen)
+    ids = np.array([OD_IDS, OD_IDS], np.int64)
+    feats = sessions["vision_encoder"].run(None, {"pixel_values": px.numpy()})[0]
+    emb = sessions["embed_tokens"].run(None, {"input_ids": ids})[0]
+    x = np.concatenate([feats, emb], 1)
+    mask = np.ones(x.shape[:2], np.int64)
+    enc = sessions["encoder_model"].run(None, {"inputs_embeds": x, "attention_mask": mask})[0]
+    dec = sessions["decoder_model_merged"]
+    out_names = [o.name for o in dec.get_outputs()]
+    steps = [2, 0, 50300, 50400]
+    feeds = _decoder_feeds(sessions, enc, mask, steps[0])
+    logits = []
+    for t, tok in enumerate(steps):
+        if t:
+            feeds["inputs_embeds"] = sessions["embed_tokens"].run(None, {"input_ids": np.full((2, 1), tok)})[0]
+            feeds["use_cache_branch"] = np.array([True])
+            feeds.update({k.replace("present.", "past_key_values."): v for k, v in res.items() if k != "logits"})
+        res = dict(zip(out_names, dec.run(None, feeds)))
+        logits.append(res["logits"][:, -1])
+    full_ids = torch.cat([torch.full((2, 577), 51289), torch.from_numpy(ids)], 1)
+    with torch.no_grad():
+        ref_feats = model.get_image_features(px).pooler_output.numpy()
+        out = model(input_ids=full_ids, pixel_values=px, decoder_input_ids=torch.tensor([steps] * 2), use_cache=False)
+    np.testing.assert_allclose(feats, ref_feats, atol=1e-4)
+    np.testing.assert_allclose(enc, out.encoder_last_hidden_state.numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.stack(logits, 1), out.logits.numpy(), atol=1e-4)
+
+
+def test_int8_variant_runs(sessions):
+    vis = _session("vision_encoder_int8")
+    px = np.random.default_rng(0).standard_normal((1, 3, 768, 768)).astype(np.float32)
+    q = vis.run(None, {"pixel_values": px})[0]
+    assert q.shape == sessions["vision_encoder"].run(None, {"pixel_values": px})[0].shape
+    assert np.isfinite(q).all()
+
+
+def test_export_from_checkpoint_roundtrip(tmp_path: Path, model):
+    from models.export import export_from_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    (ckpt / "generation_config.json").write_text(json.dumps({"num_beams": 5, "decoder_start_token_id": 2}))
+    out = export_from_checkpoint(ckpt, tmp_path / "out")
+    assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 5
+    assert (out / "vocab.json").is_file()  # default tokenizer
+    a = ort.InferenceSession(str(out / "onnx" / "embed_tokens.onnx")).run(None, {"input_ids": np.array([[5, 7]])})
+    b = _session("embed_tokens").run(None, {"input_ids": np.array([[5, 7]])})
+    np.testing.assert_allclose(a[0], b[0])
+
+
+def test_missing_checkpoint_is_model_error(tmp_path: Path):
+    from edge_agent.errors import ModelError
+    from models.export import export_from_checkpoint
+
+    with pytest.raises(ModelError, match="config.json"):
+        export_from_checkpoint(tmp_path, tmp_path / "out")
