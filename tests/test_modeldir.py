@@ -1,0 +1,144 @@
+"""Model directory handling and `verify`: files, tensor names/dtypes/shapes, vocabulary."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import onnx
+import pytest
+
+from edge_agent.errors import ModelError
+from fake_florence import write_fake_model_dir
+from models.modeldir import PARTS, VARIANTS, normalize_variant, open_model_dir, verify
+from models.onnxmeta import read_graph_meta
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory):
+    return write_fake_model_dir(tmp_path_factory.mktemp("fake") / "m")
+
+
+@pytest.fixture
+def model(tmp_path, fake_dir):
+    return shutil.copytree(fake_dir, tmp_path / "m")
+
+
+def one_line(exc) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_open_and_paths(model):
+    md = open_model_dir(model)
+    assert md.variant == "" and md.available_variants() == [""]
+    assert md.onnx_path("vision_encoder") == model / "onnx" / "vision_encoder.onnx"
+    assert md.config["text_config"]["d_model"] == 8
+    assert md.generation_config["decoder_start_token_id"] == 2
+    assert len(md.load_tokenizer()) == 51289
+
+
+def test_best_variant_prefers_int8(model):
+    for part in PARTS:
+        shutil.copy(model / "onnx" / f"{part}.onnx", model / "onnx" / f"{part}_int8.onnx")
+    shutil.copy(model / "onnx" / "vision_encoder.onnx", model / "onnx" / "vision_encoder_q4.onnx")  # incomplete
+    md = open_model_dir(model)
+    assert md.variant == "_int8" and md.available_variants() == ["", "_int8"]
+    assert open_model_dir(model, "fp32").variant == ""
+    assert open_model_dir(model, "int8").onnx_path("embed_tokens").name == "embed_tokens_int8.onnx"
+    with pytest.raises(ModelError, match="embed_tokens_q4.onnx: file missing"):
+        open_model_dir(model, "_q4")
+
+
+def test_variant_names():
+    assert [normalize_variant(v) for v in ("", "fp32", "int8", "_q4f16")] == ["", "", "_int8", "_q4f16"]
+    assert set(VARIANTS) == {normalize_variant(v) for v in VARIANTS}
+    with pytest.raises(ModelError, match="'int4'"):
+        normalize_variant("int4")
+
+
+def test_missing_dir_and_json(tmp_path, model):
+    with pytest.raises(ModelError, match="model directory not found"):
+        open_model_dir(tmp_path / "nope")
+    (model / "generation_config.json").unlink()
+    with pytest.raises(ModelError) as e:
+        open_model_dir(model)
+    assert "generation_config.json: file missing" in one_line(e)
+    (model / "generation_config.json").write_text("{oops")
+    with pytest.raises(ModelError, match="generation_config.json: cannot read JSON"):
+        open_model_dir(model)
+
+
+def test_no_variant_names_first_missing_file(model):
+    (model / "onnx" / "encoder_model.onnx").unlink()
+    with pytest.raises(ModelError) as e:
+        open_model_dir(model)
+    assert "encoder_model.onnx: file missing" in one_line(e)
+
+
+def test_bundled_tokenizer_fallback(tmp_path, caplog):
+    d = write_fake_model_dir(tmp_path / "m", tokenizer=False)
+    with caplog.at_level(logging.WARNING):
+        tok = open_model_dir(d).load_tokenizer()
+    assert len(tok) == 51289 and "bundled Florence-2 tokenizer" in caplog.text
+
+
+def test_verify_ok(model):
+    lines = verify(model)
+    text = "\n".join(lines)
+    assert "pixel_values[batch,3,768,768] float -> image_features[batch,577,8] float" in text
+    assert "2 decoder layers" in text and "tokenizer 51289 <= embedding rows 51290" in text
+
+
+def test_graph_meta_skips_weights(model):
+    meta = read_graph_meta(model / "onnx" / "embed_tokens.onnx")
+    assert [t.name for t in meta.inputs] == ["input_ids"]
+    assert meta.initializers["embed.weight"] == (1, (51290, 8))
+
+
+def test_verify_missing_file(model):
+    (model / "onnx" / "decoder_model_merged.onnx").unlink()
+    with pytest.raises(ModelError) as e:
+        verify(model, "fp32")
+    assert "decoder_model_merged.onnx: file missing" in one_line(e)
+
+
+def rename_input(file, old, new):
+    m = onnx.load(str(file))
+    for vi in m.graph.input:
+        if vi.name == old:
+            vi.name = new
+    for node in m.graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+    onnx.save(m, str(file))
+
+
+def test_verify_wrong_tensor_name(model):
+    rename_input(model / "onnx" / "encoder_model.onnx", "attention_mask", "mask")
+    with pytest.raises(ModelError) as e:
+        verify(model)
+    msg = one_line(e)
+    assert "encoder_model.onnx" in msg and "missing input 'attention_mask'" in msg
+
+
+def test_verify_wrong_shape(tmp_path):
+    d = write_fake_model_dir(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["text_config"]["d_model"] = 16
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="vision_encoder.onnx: output image_features.*axis 2, expected 16"):
+        verify(d)
+
+
+def test_verify_vocabulary_mismatch(tmp_path):
+    d = write_fake_model_dir(tmp_path / "m", vocab=50000)
+    with pytest.raises(ModelError) as e:
+        verify(d)
+    assert "embed_tokens.onnx: tokenizer has 51289 tokens but the embedding table has only 50000 rows" in one_line(e)
+
+
+def test_verify_garbage_onnx(model):
+    (model / "onnx" / "embed_tokens.onnx").write_bytes(b"\xff\xff\xff\xff not onnx")
+    with pytest.raises(ModelError, match="embed_tokens.onnx: cannot read ONNX graph"):
+        verify(model)
