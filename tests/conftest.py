@@ -1,0 +1,56 @@
+"""Shared pytest fixtures: a real MQTT broker on a free port, the result schema.
+
+The report header says which broker runs the MQTT tests (mosquitto, or amqtt where the
+mosquitto binary is absent)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import broker as broker_mod
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "edge_agent" / "schema" / "result.schema.json"
+
+
+def pytest_report_header(config):
+    return f"mqtt broker for tests: {broker_mod.describe_broker()}"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A running plain broker (mosquitto, or amqtt); `broker.stop()`/`start()` keep the port."""
+    b = broker_mod.Broker(tmp_path / "broker")
+    print(f"broker: {b.kind} on {b.url}")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    return broker_mod.make_test_ca(tmp_path_factory.mktemp("tls"))
+
+
+class SchemaChecker:
+    def __init__(self, schema: dict):
+        import jsonschema
+
+        self.schema = schema
+        cls = jsonschema.Draft202012Validator
+        self.result = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        self._defs = {name: cls({"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"}, format_checker=cls.FORMAT_CHECKER)
+                      for name in schema["$defs"]}
+
+    def check(self, payload, kind: str = "result") -> dict:
+        """Validate a result (or a $defs message: counts_message, status_message, stats_message)."""
+        if isinstance(payload, (bytes, bytearray, str)):
+            payload = json.loads(payload)
+        (self.result if kind == "result" else self._defs[kind]).validate(payload)
+        return payload
+
+
+@pytest.fixture(scope="session")
+def schema():
+    return SchemaChecker(json.loads(SCHEMA_PATH.read_text()))
