@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent.errors import ModelError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"edge_agent.{__name__}")
 
 VARIANTS = ("", "_fp16", "_int8", "_uint8", "_quantized", "_q4", "_q4f16")
 PARTS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model_merged")

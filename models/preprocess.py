@@ -28,7 +28,7 @@ from PIL import Image
 
 from edge_agent.errors import ModelError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"edge_agent.{__name__}")
 
 FILENAME = "preprocessor_config.json"
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}

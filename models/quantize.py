@@ -25,7 +25,7 @@ from pathlib import Path
 from edge_agent.errors import ConfigError, ModelError
 from models.modeldir import PARTS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"edge_agent.{__name__}")
 
 DTYPES = {"int8": "_int8", "q4": "_q4", "fp16": "_fp16"}
 Q4_BLOCK = 32

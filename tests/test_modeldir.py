@@ -142,3 +142,96 @@ def test_verify_garbage_onnx(model):
     (model / "onnx" / "embed_tokens.onnx").write_bytes(b"\xff\xff\xff\xff not onnx")
     with pytest.raises(ModelError, match="embed_tokens.onnx: cannot read ONNX graph"):
         verify(model)
+
+
+# --- the CLI on copies of the tiny fixture model ----------------------------------------
+TINY = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "tiny-florence2"
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    if not (TINY / "onnx" / "vision_encoder.onnx").is_file():
+        pytest.skip("tiny fixture model not present")
+    return shutil.copytree(TINY, tmp_path / "tiny")
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from edge_agent.cli import cli as group
+
+    return CliRunner().invoke(group, [str(a) for a in args])
+
+
+def assert_exit2_one_line(result, *fragments):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge-agent: error: "), result.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_cli_verify_ok(tiny):
+    r = cli("models", "verify", tiny)
+    assert r.exit_code == 0, r.output
+    assert "ok: 2 variant(s) verified; default for CPU: int8" in r.stdout
+
+
+def test_cli_verify_rejects_missing_file(tiny):
+    (tiny / "onnx" / "embed_tokens_int8.onnx").unlink()
+    assert_exit2_one_line(cli("models", "verify", tiny), "embed_tokens_int8.onnx: file missing")
+    assert cli("models", "verify", tiny, "--variant", "fp32").exit_code == 0
+
+
+def test_cli_verify_rejects_wrong_tensor_name(tiny):
+    rename_input(tiny / "onnx" / "decoder_model_merged.onnx", "encoder_hidden_states", "encoder_states")
+    assert_exit2_one_line(cli("models", "verify", tiny, "--variant", "fp32"),
+                          "decoder_model_merged.onnx", "missing input 'encoder_hidden_states'")
+
+
+def test_cli_verify_rejects_vocabulary_mismatch(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    tok.add_tokens([f"<extra_{i}>" for i in range(8)])  # 51297 > 51290 embedding rows
+    tok.save_pretrained(str(tiny))
+    assert_exit2_one_line(cli("models", "verify", tiny), "embed_tokens.onnx",
+                          "tokenizer has 51297 tokens but the embedding table has only 51290 rows")
+
+
+def test_cli_verify_rejects_unknown_variant(tiny):
+    assert_exit2_one_line(cli("models", "verify", tiny, "--variant", "int3"), "unknown model variant 'int3'")
+
+
+def test_cli_list(tiny):
+    r = cli("models", "list", tiny)
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert [row[:-2] for row in rows] == [["fp32"], ["*", "int8"]]
+
+
+def test_cli_quantize(tiny):
+    for f in (tiny / "onnx").glob("*_int8.onnx"):
+        f.unlink()
+    r = cli("models", "quantize", tiny, "--dtype", "int8")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("wrote ") == 4 and cli("models", "verify", tiny, "--variant", "int8").exit_code == 0
+
+
+def test_cli_export_needs_one_source(tmp_path):
+    assert_exit2_one_line(cli("models", "export", tmp_path / "out"), "exactly one of --from DIR or --random-config")
+
+
+def test_cli_export_without_torch(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    assert_exit2_one_line(cli("models", "export", "--random-config", "tiny", tmp_path / "out"),
+                          "torch is not installed: pip install 'edge-agent[export]'")
+
+
+def test_cli_export_random_tiny(tmp_path):
+    """The CLI wiring to models.export; the export itself is tested in the export tests."""
+    r = cli("models", "export", "--random-config", "tiny", "--seed", "1", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "ok vocabulary" in r.stdout and open_model_dir(tmp_path / "out", "fp32").variant == ""
