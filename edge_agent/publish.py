@@ -54,6 +54,7 @@ log = logging.getLogger("edge_agent.publish")
 
 MQTT_MAX_PAYLOAD = 268_435_455
 PROTOCOLS = ("3.1.1", "5")
+PAHO_INFLIGHT_SLACK = 10  # room above the spool window for retained status/counts/snapshots
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class MqttSettings:
     qos: int = 1
     reconnect_min: float = 1.0  # seconds; doubles up to reconnect_max
     reconnect_max: float = 60.0
-    inflight: int = 16  # spooled messages handed to paho before their PUBACK
+    inflight: int = 10  # spooled messages handed to paho before their PUBACK
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class MqttPublisher:
         self._cameras: dict[str, str] = {}
         self._retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, qos), latest only
         self._dirty: set[str] = set()
+        self._retained_info: dict = {}  # topic -> paho MQTTMessageInfo of its last publish (sender thread)
         self._stats: bytes | None = None
         self._rejected: dict[int, str] = {}  # mid -> reason, PUBACKs with an error reason code (MQTT 5)
         self._hello_due = False
@@ -325,7 +327,7 @@ class MqttPublisher:
         if self.broker.tls:
             _set_tls(client, s)
         client.reconnect_delay_set(s.reconnect_min, s.reconnect_max)
-        client.max_inflight_messages_set(s.inflight + 32)
+        client.max_inflight_messages_set(s.inflight + PAHO_INFLIGHT_SLACK)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -341,6 +343,9 @@ class MqttPublisher:
             log.error("MQTT broker %s refused the connection: %s%s; retrying with backoff up to %gs",
                       self.broker, reason_code, hint, self.settings.reconnect_max)
             return
+        limit = getattr(properties, "ReceiveMaximum", None)  # MQTT 5: the broker's in-flight limit
+        if limit:
+            client.max_inflight_messages_set(max(1, min(self.settings.inflight + PAHO_INFLIGHT_SLACK, limit)))
         with self._lock:
             self._hello_due = True
             self._outage_logged = False
@@ -375,7 +380,7 @@ class MqttPublisher:
     # -- sender thread ---------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            self._wake.wait(0.05 if self._inflight else 1.0)
+            self._wake.wait(0.05 if self._inflight or self._dirty else 1.0)
             self._wake.clear()
             try:
                 if self._step():
@@ -393,8 +398,9 @@ class MqttPublisher:
         if not self._client.is_connected():
             return False
         if hello:
+            acked = [t for t in self._retained if self._retained_acked(t)]
             with self._lock:
-                self._dirty.update(self._retained)
+                self._dirty.update(acked)
         self._send_retained()
         self._pump()
         if time.monotonic() >= self._next_expire:
@@ -435,14 +441,22 @@ class MqttPublisher:
             self._cursor = e.id
 
     def _send_retained(self) -> None:
+        """Publish the latest value of each changed retained topic.  A topic whose previous
+        value is still unacknowledged waits (paho resends that one after a reconnect), so
+        at most one message per retained topic sits in paho's queue."""
         with self._lock:
-            todo = [(t, self._retained[t]) for t in sorted(self._dirty, key=self._retained_order)]
-            self._dirty.clear()
+            ready = [t for t in self._dirty if self._retained_acked(t)]
+            todo = [(t, self._retained[t]) for t in sorted(ready, key=self._retained_order)]
+            self._dirty.difference_update(ready)
             stats, self._stats = self._stats, None
         for topic, (payload, qos) in todo:
-            self._client.publish(topic, payload, qos, True)
+            self._retained_info[topic] = self._client.publish(topic, payload, qos, True)
         if stats is not None:
             self._client.publish(self.topics.stats, stats, 0, False)
+
+    def _retained_acked(self, topic: str) -> bool:
+        info = self._retained_info.get(topic)
+        return info is None or info.is_published() or info.rc not in (0, 4)
 
     def _retained_order(self, topic: str):
         return (topic != self.topics.status, topic)  # status first
