@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, Protocol
 from urllib.parse import urlsplit
@@ -54,6 +54,7 @@ log = logging.getLogger("edge_agent.publish")
 
 MQTT_MAX_PAYLOAD = 268_435_455
 PROTOCOLS = ("3.1.1", "5")
+SCHEME_ALIASES = {"tcp": "mqtt", "ssl": "mqtts"}
 PAHO_INFLIGHT_SLACK = 10  # room above the spool window for retained status/counts/snapshots
 
 
@@ -78,6 +79,23 @@ class MqttSettings:
     reconnect_max: float = 60.0
     inflight: int = 10  # spooled messages handed to paho before their PUBACK
 
+    @classmethod
+    def from_config(cls, cfg, **overrides) -> "MqttSettings":
+        """From settings.py's `[mqtt]` section (broker, prefix, protocol, client_id, keepalive,
+        ca_file, cert_file, key_file, tls_insecure, username, password (a Secret or str),
+        reconnect_min, reconnect_max).  Missing attributes keep the defaults."""
+        names = {"url": "broker", "tls_ca": "ca_file", "tls_cert": "cert_file", "tls_key": "key_file"}
+        kw = {}
+        for f in fields(cls):
+            src = names.get(f.name, f.name)
+            if hasattr(cfg, src):
+                kw[f.name] = getattr(cfg, src)
+        pw = kw.get("password")
+        if pw is not None and not isinstance(pw, str):
+            kw["password"] = pw.reveal()  # settings.Secret
+        kw.update(overrides)
+        return cls(**kw)
+
 
 @dataclass(frozen=True)
 class BrokerAddress:
@@ -101,14 +119,15 @@ def parse_broker_url(url: str, key: str = "mqtt.url") -> BrokerAddress:
         port = parts.port
     except ValueError as e:
         raise ConfigError(f"{key}: {url!r} is not a broker URL ({e})") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+    scheme = SCHEME_ALIASES.get(parts.scheme, parts.scheme)
+    if scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(f"{key}: {url!r} is not a broker URL; use mqtt://host:port or mqtts://host:port")
     if parts.username or parts.password:
         raise ConfigError(f"{key}: put credentials in mqtt.username and the password setting, not in the URL")
     if parts.path not in ("", "/") or parts.query:
         raise ConfigError(f"{key}: {url!r}: a broker URL has no path or query")
-    default = 8883 if parts.scheme == "mqtts" else 1883
-    return BrokerAddress(parts.scheme, parts.hostname, port or default)
+    default = 8883 if scheme == "mqtts" else 1883
+    return BrokerAddress(scheme, parts.hostname, port or default)
 
 
 @dataclass(frozen=True)
@@ -526,7 +545,7 @@ def _check_settings(s: MqttSettings) -> None:
         raise ConfigError(f"mqtt.keepalive: must be >= 5 seconds, got {s.keepalive}")
     if s.password and not s.username:
         raise ConfigError("mqtt.username: a password is set but no username")
-    if (s.tls_ca or s.tls_cert or s.tls_key) and not s.url.strip().startswith("mqtts://"):
+    if (s.tls_ca or s.tls_cert or s.tls_key) and not parse_broker_url(s.url).tls:
         raise ConfigError(f"mqtt.url: TLS files are set but {s.url!r} is not mqtts://")
     if bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("mqtt.tls_cert/mqtt.tls_key: a client certificate needs both")

@@ -27,6 +27,8 @@ from tiling.regions import Regions
     ("mqtt://broker.local", ("mqtt", "broker.local", 1883, False)),
     ("mqtts://broker.local", ("mqtts", "broker.local", 8883, True)),
     ("mqtts://[::1]:9000", ("mqtts", "::1", 9000, True)),
+    ("tcp://h:1", ("mqtt", "h", 1, False)),
+    ("ssl://h", ("mqtts", "h", 8883, True)),
 ])
 def test_parse_broker_url(url, expect):
     b = parse_broker_url(url)
@@ -51,6 +53,27 @@ def test_bad_broker_url_names_the_key(url, words):
 def test_password_never_in_repr():
     s = MqttSettings(username="agent", password="hunter2-secret")
     assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+
+
+def test_from_config_maps_the_mqtt_section_and_unwraps_the_secret():
+    class Secret:  # settings.Secret's interface
+        def __init__(self, v):
+            self._v = v
+
+        def reveal(self):
+            return self._v
+
+    class Cfg:
+        broker, prefix, protocol, client_id, keepalive = "mqtts://b:8883", "", "5", "", 45
+        ca_file, cert_file, key_file, tls_insecure = "/ca.crt", "/c.crt", "/c.key", True
+        username, password, password_file = "agent", Secret("s3cret"), ""
+        reconnect_min, reconnect_max = 2.0, 30.0
+
+    m = MqttSettings.from_config(Cfg(), inflight=5)
+    assert (m.url, m.protocol, m.keepalive, m.tls_ca, m.tls_cert, m.tls_key, m.tls_insecure) == (
+        "mqtts://b:8883", "5", 45, "/ca.crt", "/c.crt", "/c.key", True)
+    assert (m.username, m.password, m.reconnect_min, m.reconnect_max, m.inflight) == ("agent", "s3cret", 2.0, 30.0, 5)
+    assert "s3cret" not in repr(m)
 
 
 @pytest.mark.parametrize("kw,key", [
