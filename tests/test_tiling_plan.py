@@ -121,3 +121,9 @@ def test_density_hint_shrinks_tiles():
     dense = tile_size_for_density(400)
     assert 256 <= dense < 768 and dense % 32 == 0
     assert tile_size_for_density(400) >= tile_size_for_density(800)
+
+
+def test_mark_cut_margin_per_region():
+    tile = Tile(0, 0, 768, 768)
+    r = Regions([[600, 100, 750, 112], [600, 200, 750, 260]], [1, 1], ["a", "b"])
+    assert mark_cut(r, tile, 1920, 1080, margin=[20, 4]).cut.tolist() == [True, False]

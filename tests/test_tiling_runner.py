@@ -27,18 +27,24 @@ class FakeModel:
         self.calls.append(list(tiles))
         return [self.one(t) for t in tiles]
 
-    def one(self, t: Tile):
-        b = self.boxes.copy()
+    def visible(self, boxes, t: Tile):
+        b = boxes.copy()
         b[:, [0, 2]] = b[:, [0, 2]].clip(t.x0, t.x1)
         b[:, [1, 3]] = b[:, [1, 3]].clip(t.y0, t.y1)
         vis = np.flatnonzero((b[:, 2] - b[:, 0] >= self.min_visible) & (b[:, 3] - b[:, 1] >= self.min_visible))
         vis = vis[np.lexsort((b[vis, 0], b[vis, 1]))]
         sat = len(vis) > self.budget
         vis = vis[: self.budget]
-        local = b[vis] - [t.x0, t.y0, t.x0, t.y0]
+        return vis, b[vis] - [t.x0, t.y0, t.x0, t.y0], sat
+
+    def one(self, t: Tile):
+        vis, local, sat = self.visible(self.boxes, t)
         od = Regions(local, np.full(len(vis), 0.9), [self.labels[i] for i in vis])
         out = {"od": Out(od, sat)}
         if self.texts is not None:
+            lines = self.boxes.copy()  # a 12-pixel text line near the bottom of each object
+            lines[:, 1], lines[:, 3] = self.boxes[:, 3] - 14, self.boxes[:, 3] - 2
+            vis, local, sat = self.visible(lines, t)
             quads = local[:, [0, 1, 2, 1, 2, 3, 0, 3]]
             out["ocr"] = Out(Regions.from_quads(quads, np.full(len(vis), 0.9), [self.texts[i] for i in vis]), sat)
         return out

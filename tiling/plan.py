@@ -135,15 +135,17 @@ def tile_size_for_density(objects_per_megapixel: float, max_new_tokens: int = 10
     return int(min(max(side, min_size), max_size))
 
 
-def mark_cut(regions: Regions, tile: Tile, frame_w: int, frame_h: int, margin: float = 4) -> Regions:
+def mark_cut(regions: Regions, tile: Tile, frame_w: int, frame_h: int, margin=4) -> Regions:
     """Set `.cut` for regions (frame pixels) that touch an interior edge of `tile`.
 
+    `margin` (pixels, a number or one per region) is how near the edge counts as touching.
     An edge on the frame's border is not interior: nothing lies beyond it, so a region
     there is as whole as any view of it can be.  Cut flags already set are kept.
     """
     if not len(regions):
         return regions
     b = regions.boxes
+    margin = np.asarray(margin, np.float64)
     cut = regions.cut.copy()
     if tile.x0 > 0:
         cut |= b[:, 0] <= tile.x0 + margin

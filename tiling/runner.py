@@ -77,6 +77,7 @@ class TiledResult:
     resplit: list[Tile]  # tiles whose output saturated and that were split into 4
     rounds: int = 1  # calls to infer
     saturated: list[Tile] = field(default_factory=list)  # saturated tiles that could not be split further
+    unmerged: dict = field(default_factory=dict)  # task -> Regions before the merge (frame pixels, cut marked)
 
     def density(self, width: int, height: int) -> float:
         """Detections per megapixel: the hint for the next frame's tile size."""
@@ -114,11 +115,10 @@ def detect_tiled(width: int, height: int, infer: Infer, opts: TilingOptions = Ti
             elif redo:
                 stuck.append(tile)
         pending = nxt
-    od = Regions.concat(gathered.get("od", []))
-    ocr = Regions.concat(gathered.get("ocr", []), ocr=True)
-    od = merge_boxes(od, opts.method, opts.metric, opts.threshold, opts.class_agnostic)
-    ocr = merge_text(ocr, opts.text_threshold)
-    return TiledResult(od, ocr, run, resplit, rounds, stuck)
+    raw = {"od": Regions.concat(gathered.get("od", [])), "ocr": Regions.concat(gathered.get("ocr", []), ocr=True)}
+    od = merge_boxes(raw["od"], opts.method, opts.metric, opts.threshold, opts.class_agnostic)
+    ocr = merge_text(raw["ocr"], opts.text_threshold)
+    return TiledResult(od, ocr, run, resplit, rounds, stuck, raw)
 
 
 def _first_round(width: int, height: int, opts: TilingOptions, density: float | None) -> list[Tile]:
@@ -156,7 +156,10 @@ def _collect(tile: Tile, wanted, out: dict, gathered: dict, frame: tuple[int, in
             if will_split:
                 continue
         regions = _clip(tile.to_frame(res.regions), width, height)
-        gathered.setdefault(task, []).append(mark_cut(regions, tile, width, height, margin))
+        edge = margin
+        if regions.is_ocr:  # a reader stops at the last whole character: up to about a line height short
+            edge = np.maximum(margin, regions.boxes[:, 3] - regions.boxes[:, 1])
+        gathered.setdefault(task, []).append(mark_cut(regions, tile, width, height, edge))
     return saturated
 
 
