@@ -16,11 +16,12 @@ Differences from the reference, on purpose:
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import math
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -28,10 +29,16 @@ import numpy as np
 from edge_agent.errors import ConfigError
 from tiling.regions import Regions
 
+# The reference's patterns (processing_florence2.py).  Run with re.finditer they are
+# quadratic in the text length: a 1024-token degenerate output ("bottle bottle ...") takes
+# ~1 s.  `od_phrases` / `ocr_lines` find exactly the same matches in linear time
+# (tests/test_parse.py checks them against re.finditer on random strings).
 OD_PHRASE = re.compile(r"([^<]+(?:<loc_\d+>){4,})")
 OD_LABEL = re.compile(r"^\s*(.*?)(?=<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_)")
 OD_BOX = re.compile(r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>")
 OCR_LINE = re.compile(r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>")
+_OD_LOCS = re.compile(r"(?:<loc_\d+>){4,}")
+_OCR_LOCS = re.compile(r"<loc_(\d+)>" * 8)
 REMOVED = ("<s>", "</s>", "<pad>")  # the reference strips these, in this order, before parsing
 BINS = 1000
 _TASKS = {"od": "od", "<OD>": "od", "ocr": "ocr", "<OCR_WITH_REGION>": "ocr"}
@@ -39,12 +46,19 @@ _TASKS = {"od": "od", "<OD>": "od", "ocr": "ocr", "<OCR_WITH_REGION>": "ocr"}
 
 @dataclass(frozen=True)
 class TrackedText:
-    """Text and, per character, the index of the token that produced it."""
+    """Text and, per character, the index of the token that produced it.
+
+    A character whose UTF-8 bytes are split over several tokens belongs to the token that
+    completes it; `carried` lists the earlier tokens that contributed bytes to it."""
     text: str
     owners: tuple[int, ...]
+    carried: dict = field(default_factory=dict)  # completing token -> earlier tokens
 
     def tokens(self, start: int, end: int) -> set[int]:
-        return set(self.owners[start:end])
+        found = set(self.owners[start:end])
+        for i in [i for i in found if i in self.carried]:
+            found.update(self.carried[i])
+        return found
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -104,16 +118,22 @@ def decode_tracked(token_ids: Sequence[int], tokenizer) -> TrackedText:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     chars: list[str] = []
     owners: list[int] = []
+    carried: dict[int, tuple[int, ...]] = {}
+    pending: list[int] = []  # tokens whose bytes are not yet part of a character
     for i, tok in toks:
-        for b in _token_bytes(tok):
-            out = decoder.decode(bytes((b,)))
-            chars.append(out)
-            owners.extend([i] * len(out))
+        out = decoder.decode(_token_bytes(tok))
+        if pending and out:
+            carried[i] = tuple(pending)
+            pending = []
+        if decoder.getstate()[0]:
+            pending.append(i)
+        chars.append(out)
+        owners.extend([i] * len(out))
     if toks:
         out = decoder.decode(b"", final=True)
         chars.append(out)
         owners.extend([toks[-1][0]] * len(out))
-    return TrackedText("".join(chars), tuple(owners))
+    return TrackedText("".join(chars), tuple(owners), carried)
 
 
 def _decode_per_token(toks, tokenizer) -> TrackedText:
@@ -126,18 +146,73 @@ def _decode_per_token(toks, tokenizer) -> TrackedText:
     return TrackedText("".join(text), tuple(owners))
 
 
+def od_phrases(text: str):
+    """(start, end) of each match of OD_PHRASE, as re.finditer finds them, in O(n).
+
+    `[^<]+` runs to the next "<" at q, so a match starting anywhere in [pos, q) exists
+    iff `(?:<loc_\\d+>){4,}` matches at q, and then the earliest start, pos, wins."""
+    pos, n = 0, len(text)
+    while pos < n:
+        if text[pos] == "<":
+            pos += 1
+            continue
+        q = text.find("<", pos)
+        if q < 0:
+            return
+        m = _OD_LOCS.match(text, q)
+        if m:
+            yield pos, m.end()
+            pos = m.end()
+        else:
+            pos = q
+
+
+def ocr_lines(text: str):
+    """(start, tail_start, tail_match) of each match of OCR_LINE, as re.finditer finds them, in O(n log n).
+
+    `(.+?)` is lazy and `.` stops at newlines: from pos the match ends its text at the
+    first place e > pos where eight location tokens follow, unless a newline comes first,
+    in which case no match can start before that newline."""
+    tails = [i for i in _find_all(text, "<loc_") if _OCR_LOCS.match(text, i)]
+    pos, n = 0, len(text)
+    while pos < n and tails:
+        k = bisect.bisect_left(tails, pos + 1)
+        if k == len(tails):
+            return
+        e = tails[k]
+        nl = text.find("\n", pos, e)
+        if nl >= 0:
+            pos = nl + 1
+            continue
+        m = _OCR_LOCS.match(text, e)
+        yield pos, e, m
+        pos = m.end()
+
+
+def _find_all(text: str, sub: str):
+    i = text.find(sub)
+    while i >= 0:
+        yield i
+        i = text.find(sub, i + 1)
+
+
 def strip_markers(t: TrackedText) -> TrackedText:
     """The reference's `text.replace("<s>", "").replace("</s>", "").replace("<pad>", "")`."""
-    text, owners = t.text, list(t.owners)
+    text, owners = t.text, t.owners
     for marker in REMOVED:
-        keep = [True] * len(text)
-        pos = text.find(marker)
-        while pos >= 0:
-            keep[pos:pos + len(marker)] = [False] * len(marker)
-            pos = text.find(marker, pos + len(marker))
-        text = "".join(c for c, k in zip(text, keep) if k)
-        owners = [o for o, k in zip(owners, keep) if k]
-    return TrackedText(text, tuple(owners))
+        if marker not in text:
+            continue
+        parts, kept, pos = [], [], 0
+        idx = text.find(marker)
+        while idx >= 0:  # non-overlapping, left to right, as str.replace
+            parts.append(text[pos:idx])
+            kept.extend(owners[pos:idx])
+            pos = idx + len(marker)
+            idx = text.find(marker, pos)
+        parts.append(text[pos:])
+        kept.extend(owners[pos:])
+        text, owners = "".join(parts), tuple(kept)
+    return TrackedText(text, owners, t.carried)
 
 
 def _stripped_span(s: str, start: int) -> tuple[int, int]:
@@ -172,8 +247,8 @@ def _bins(m: re.Match, first: int, count: int) -> list[int] | None:
 
 def parse_od(t: TrackedText, probs, image_size) -> Regions:
     boxes, scores, labels = [], [], []
-    for pm in OD_PHRASE.finditer(t.text):
-        phrase_text, base = pm.group(1), pm.start(1)
+    for base, end in od_phrases(t.text):
+        phrase_text = t.text[base:end]
         lm = OD_LABEL.search(phrase_text)
         if not lm:
             continue
@@ -194,14 +269,15 @@ def parse_od(t: TrackedText, probs, image_size) -> Regions:
 
 def parse_ocr(t: TrackedText, probs, image_size) -> Regions:
     quads, scores, texts = [], [], []
-    for m in OCR_LINE.finditer(t.text):
-        bins = _bins(m, 2, 8)
+    for start, e, tail in ocr_lines(t.text):
+        bins = _bins(tail, 1, 8)
         if bins is None:
             continue
-        ts, te = _stripped_span(m.group(1), m.start(1))
+        content = t.text[start:e]
+        ts, te = _stripped_span(content, start)
         quads.append(_dequantize(bins, image_size))
-        scores.append(_confidence(t.tokens(ts, te) | t.tokens(m.end(1), m.end()), probs))
-        texts.append(m.group(1).strip())
+        scores.append(_confidence(t.tokens(ts, te) | t.tokens(e, tail.end()), probs))
+        texts.append(content.strip())
     if not texts:
         return Regions.empty(ocr=True)
     return Regions.from_quads(np.asarray(quads), np.asarray(scores), texts)

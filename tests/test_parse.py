@@ -178,3 +178,41 @@ def test_decoded_text_equals_tokenizer_decode(ids):
        task=st.sampled_from(["od", "ocr"]), size=st.sampled_from(SIZES))
 def test_random_tokens_parity(ids, task, size):
     assert_parity(task, [2, 0] + ids, size)
+
+
+# --- the linear-time matchers find what re.finditer finds --------------------------------
+FRAGMENTS = st.sampled_from(["<loc_1>", "<loc_22>", "<loc_999>", "a", " ", "\n", "<", ">", "<od>", "</od>",
+                             "b c", "<loc_", "7", "é", "<loc_x>", "<loc_٣>"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(text=st.lists(FRAGMENTS, max_size=60).map("".join))
+def test_fast_matchers_equal_reference_regexes(text):
+    from models.parse import OCR_LINE, OD_PHRASE, ocr_lines, od_phrases
+
+    assert list(od_phrases(text)) == [m.span() for m in OD_PHRASE.finditer(text)]
+    fast = [(s, e, tail.end(), tail.groups()) for s, e, tail in ocr_lines(text)]
+    slow = [(m.start(), m.end(1), m.end(), m.groups()[1:]) for m in OCR_LINE.finditer(text)]
+    assert fast == slow
+
+
+def test_degenerate_long_outputs_parse():
+    """1000-token repetitive outputs (what a saturated model emits) parse, with the right counts."""
+    tok = tokenizer()
+    words = ids_of(" bottle") * 1000
+    assert len(parse_task("od", [2, 0, *words], None, tok)) == 0
+    assert len(parse_task("ocr", [2, 0, *words], None, tok)) == 0
+    locs7 = (ids_of("a") + [50270] * 7) * 120
+    assert len(parse_task("ocr", [2, 0, *locs7], None, tok)) == 0
+    assert len(parse_task("od", [2, 0, *locs7], None, tok)) == 120
+
+
+def test_confidence_counts_every_token_of_a_split_character():
+    """'日本' is four byte-level tokens, two per character; all four count for the line."""
+    ids = ids_of("</s><s>日本<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6><loc_7><loc_8></s>")
+    assert len(ids) == 2 + 4 + 8 + 1
+    probs = np.ones(len(ids))
+    probs[2:6] = [0.1, 0.2, 0.3, 0.4]
+    r = parse_task("ocr", ids, probs, tokenizer())
+    assert r.labels == ("日本",)
+    assert r.scores[0] == pytest.approx(gmean([0.1, 0.2, 0.3, 0.4] + [1.0] * 8))
