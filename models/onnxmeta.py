@@ -15,7 +15,7 @@ from pathlib import Path
 # field numbers from onnx/onnx.proto
 _MODEL_GRAPH = 7
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 5, 11, 12
-_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME = 1, 2, 8
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL = 1, 2, 8, 13
 
 
 class OnnxFormatError(ValueError):
@@ -41,6 +41,7 @@ class GraphMeta:
     outputs: list[TensorInfo] = field(default_factory=list)
     nodes: list = field(default_factory=list)  # onnx.NodeProto, top level only
     initializers: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)  # name -> (dtype, dims)
+    external_files: set[str] = field(default_factory=set)  # external-data locations, relative to the model
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
@@ -91,9 +92,23 @@ def _tensor_info(vi) -> TensorInfo:
     return TensorInfo(vi.name, t.elem_type, shape if shape is not None else ())
 
 
-def _initializer(buf, span) -> tuple[str, int, tuple[int, ...]]:
+def _external_location(buf, span) -> str | None:
+    """`location` value of one StringStringEntryProto (key 1, value 2), else None."""
+    key = value = None
+    for num, wire, val in _fields(buf, *span):
+        if wire == 2 and num in (1, 2):
+            text = bytes(buf[val[0]:val[1]]).decode("utf-8", "replace")
+            key, value = (text, value) if num == 1 else (key, text)
+    return value if key == "location" else None
+
+
+def _initializer(buf, span, external: set) -> tuple[str, int, tuple[int, ...]]:
     name, dtype, dims = "", 0, []
     for num, wire, val in _fields(buf, *span):
+        if num == _TENSOR_EXTERNAL and wire == 2:
+            location = _external_location(buf, val)
+            if location:
+                external.add(location)
         if num == _TENSOR_DIMS and wire == 0:
             dims.append(val)
         elif num == _TENSOR_DIMS and wire == 2:  # packed
@@ -123,7 +138,7 @@ def _graph(buf, span) -> GraphMeta:
         elif num == _GRAPH_NODE:
             meta.nodes.append(onnx.NodeProto.FromString(raw()))
         elif num == _GRAPH_INITIALIZER:
-            name, dtype, dims = _initializer(buf, val)
+            name, dtype, dims = _initializer(buf, val, meta.external_files)
             meta.initializers[name] = (dtype, dims)
     return meta
 

@@ -32,6 +32,7 @@ class Expect:
     layers: int | None
     height: int
     width: int
+    heads: int | None = None
 
 
 def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict[str, Spec]]:
@@ -45,7 +46,8 @@ def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict
     if part == "encoder_model":
         return ({"inputs_embeds": hidden, "attention_mask": Spec((INT64,), 2)},
                 {"last_hidden_state": hidden})
-    kv = Spec(FLOATS, 4)
+    head_dim = e.d_model // e.heads if e.d_model and e.heads else None
+    kv = Spec(FLOATS, 4, ((1, e.heads), (3, head_dim)))
     inputs = {"inputs_embeds": hidden, "encoder_attention_mask": Spec((INT64,), 2),
               "encoder_hidden_states": hidden, "use_cache_branch": Spec((BOOL,), 1)}
     outputs = {"logits": Spec(FLOATS, 3)}
@@ -127,15 +129,20 @@ def _expect(md: ModelDir) -> Expect:
     pp = md.preprocess_config()
     d = tc.get("d_model", tc.get("hidden_size"))
     layers = tc.get("decoder_layers")
-    return Expect(int(d) if isinstance(d, int) else None, int(layers) if isinstance(layers, int) else None,
-                  pp.size[0], pp.size[1])
+    heads = tc.get("decoder_attention_heads")
+    as_int = lambda v: v if isinstance(v, int) and v > 0 else None  # noqa: E731
+    return Expect(as_int(d), as_int(layers), pp.size[0], pp.size[1], as_int(heads))
 
 
 def _read(file: Path) -> GraphMeta:
     try:
-        return read_graph_meta(file)
+        meta = read_graph_meta(file)
     except (OSError, OnnxFormatError) as exc:
         raise ModelError(f"{file}: cannot read ONNX graph: {exc}") from None
+    for location in sorted(meta.external_files):
+        if not (file.parent / location).is_file():
+            raise ModelError(f"{file}: its weights file {location} is missing (expected in {file.parent})")
+    return meta
 
 
 def _check_vocab(md: ModelDir, files: dict[str, Path], metas: dict[str, GraphMeta], n_tok: int) -> str:

@@ -235,3 +235,29 @@ def test_cli_export_random_tiny(tmp_path):
     r = cli("models", "export", "--random-config", "tiny", "--seed", "1", tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert "ok vocabulary" in r.stdout and open_model_dir(tmp_path / "out", "fp32").variant == ""
+
+
+def test_verify_external_data(tiny):
+    """Big graphs keep weights in a side file; verify reads the graph without it but wants it present."""
+    f = tiny / "onnx" / "embed_tokens.onnx"
+    onnx.save(onnx.load(str(f)), str(f), save_as_external_data=True, location="embed_tokens.onnx_data", size_threshold=0)
+    assert read_graph_meta(f).external_files == {"embed_tokens.onnx_data"}
+    assert cli("models", "verify", tiny, "--variant", "fp32").exit_code == 0
+    (tiny / "onnx" / "embed_tokens.onnx_data").unlink()
+    assert_exit2_one_line(cli("models", "verify", tiny, "--variant", "fp32"),
+                          "embed_tokens.onnx: its weights file embed_tokens.onnx_data is missing")
+
+
+def test_verify_truncated_file(tiny):
+    f = tiny / "onnx" / "vision_encoder.onnx"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    assert_exit2_one_line(cli("models", "verify", tiny), "vision_encoder.onnx: cannot read ONNX graph")
+
+
+def test_verify_kv_heads_against_config(tiny):
+    cfg = json.loads((tiny / "config.json").read_text())
+    heads = cfg["text_config"]["decoder_attention_heads"]
+    cfg["text_config"]["decoder_attention_heads"] = heads * 2
+    (tiny / "config.json").write_text(json.dumps(cfg))
+    r = cli("models", "verify", tiny)
+    assert_exit2_one_line(r, "decoder_model_merged", "past_key_values.0.decoder.key", f"expected {heads * 2}")
