@@ -162,7 +162,7 @@ def test_long_chain_falls_back_to_sequential_settling(monkeypatch):
     assert keep.tolist() == list(range(0, 200, 2))
 
 
-def test_large_input_grid_path():
+def test_large_input_with_huge_boxes():
     rng = np.random.default_rng(3)
     b = random_boxes(rng, 10000, spread=3000, size=60)
     b[:5] = [[0, 0, 3000, 3000]] * 5  # a few huge boxes among small ones
@@ -236,3 +236,22 @@ def test_nmm_union_agrees_with_sahi_greedy_nmm_postprocess():
     got = sorted(map(tuple, np.round(ours.boxes, 3).tolist()))
     want = sorted(tuple(round(v, 3) for v in o.bbox.to_xyxy()) for o in theirs)
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_match_pairs_equal_the_dense_pair_set(seed):
+    rng = np.random.default_rng(50 + seed)
+    b = random_boxes(rng, 400, spread=600, size=80, integer=seed % 2 == 1)
+    b[:3] = [[0, 0, 700, 700], [10, 10, 10, 50], [300, 0, 310, 700]]  # huge, zero-area, tall
+    groups = rng.integers(0, 2, len(b)) if seed >= 2 else None
+    metric = ("iou", "ios")[seed % 2]
+    i, j = M.match_pairs(b, metric, 0.3, groups)
+    got = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()))
+    assert len(got) == len(i)
+    a, c = np.triu_indices(len(b), 1)
+    inter, denom = M._overlap(b[a], b[c], metric)
+    ok = inter > 0
+    ok[ok] = inter[ok] / denom[ok] >= 0.3
+    if groups is not None:
+        ok &= groups[a] == groups[c]
+    assert got == set(zip(a[ok].tolist(), c[ok].tolist()))

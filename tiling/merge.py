@@ -1,10 +1,10 @@
 """Vectorised, edge-aware NMS and greedy NMM for boxes gathered from overlapping tiles.
 
 No Python loop runs over pairs and no N x N matrix is built.  Candidate pairs come from a
-uniform spatial grid (one bucket per class and cell, a pair counted once, in the cell holding
-the top-left corner of its intersection); the greedy keep/suppress decisions are then settled
-by a few vectorised sweeps over the sparse match edges (each sweep settles every box whose
-higher-ranked matches are all settled).
+sort-and-sweep along x within horizontal bands about a box tall, per class (a pair counted
+once, in the band holding the top of its intersection); the greedy keep/suppress decisions
+are then settled by a few vectorised passes over the sparse match edges (each pass settles
+every box whose higher-ranked matches are all settled).
 
 Ranking, and therefore who wins a match:
 1. whole boxes before boxes cut by an interior tile edge (`Regions.cut`): a cut box loses to an
@@ -33,8 +33,8 @@ from tiling.regions import Regions
 METHODS = ("nms", "nmm")
 METRICS = ("iou", "ios")
 
-_MAX_GRID = 2048  # cells per axis at most
-_MAX_ENTRIES_PER_BOX = 16  # grid cells a box fills, on average, at most
+_MAX_GRID = 2048  # bands at most
+_MAX_ENTRIES_PER_BOX = 16  # bands a box spans, on average, at most
 _MAX_PAIRS = 4_000_000  # candidate pairs beyond this: boxes piled up; use the survivor loop
 _MAX_SWEEPS = 48  # then settle the rest one box at a time (long chains of overlaps only)
 
@@ -191,30 +191,26 @@ def match_pairs(boxes: np.ndarray, metric: str, threshold: float,
         return empty, empty
     b = boxes[valid]
     g = np.zeros(len(b), np.int64) if groups is None else np.asarray(groups, np.int64)[valid]
-    pairs = _grid_pairs(b, g, metric, threshold)
+    pairs = _sweep_pairs(b, g, metric, threshold)
     if pairs is None:
         return None
     return valid[pairs[0]], valid[pairs[1]]
 
 
-def _grid(b: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Cell ranges of each box on a grid of cells about the median box side.
+def _bands(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last horizontal band of each box; bands are 1.5 median box heights tall.
 
-    The cells double while the boxes would fill more than `_MAX_ENTRIES_PER_BOX` cells on
+    The bands double while the boxes would fill more than `_MAX_ENTRIES_PER_BOX` bands on
     average (a few huge boxes among small ones)."""
-    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    lo = b[:, :2].min(0)
-    extent = max(float((b[:, 2:] - lo).max()), 1e-9)
-    cell = max(1.5 * float(np.median(np.maximum(w, h))), extent / _MAX_GRID)
+    lo = float(b[:, 1].min())
+    extent = max(float(b[:, 3].max()) - lo, 1e-9)
+    height = max(1.5 * float(np.median(b[:, 3] - b[:, 1])), extent / _MAX_GRID)
     while True:
-        gx0 = ((b[:, 0] - lo[0]) / cell).astype(np.int64)
-        gy0 = ((b[:, 1] - lo[1]) / cell).astype(np.int64)
-        gx1 = ((b[:, 2] - lo[0]) / cell).astype(np.int64)
-        gy1 = ((b[:, 3] - lo[1]) / cell).astype(np.int64)
-        entries = int(((gx1 - gx0 + 1) * (gy1 - gy0 + 1)).sum())
-        if entries <= _MAX_ENTRIES_PER_BOX * len(b) + 4096:
-            return gx0, gy0, gx1, gy1
-        cell *= 2.0
+        first = ((b[:, 1] - lo) / height).astype(np.int64)
+        last = ((b[:, 3] - lo) / height).astype(np.int64)
+        if int((last - first + 1).sum()) <= _MAX_ENTRIES_PER_BOX * len(b) + 4096:
+            return first, last
+        height *= 2.0
 
 
 def _ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,33 +221,34 @@ def _ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, np.arange(total) - starts[owner]
 
 
-def _grid_pairs(b: np.ndarray, g: np.ndarray, metric: str, threshold: float):
-    """Matching pairs among boxes sharing a grid cell and a group.
+def _sweep_pairs(b: np.ndarray, g: np.ndarray, metric: str, threshold: float):
+    """Matching pairs, found by sort-and-sweep along x within horizontal bands, per group.
 
-    Each box is entered in every cell it touches; entries are sorted by (group, cell) and every
-    two entries of one run form a candidate, counted only in the cell holding the top-left
-    corner of the two boxes' intersection, so each pair appears once.  All per-candidate work
-    reads entry-ordered arrays at nearby positions (cache friendly)."""
-    gx0, gy0, gx1, gy1 = _grid(b)
-    nx = gx1 - gx0 + 1
-    box, k = _ragged(nx * (gy1 - gy0 + 1))
-    ex = gx0[box] + k % nx[box]
-    ey = gy0[box] + k // nx[box]
-    side = _MAX_GRID + 2
-    key = (g[box] * side + ey) * side + ex
-    srt = np.argsort(key, kind="stable")
-    key, box = key[srt], box[srt]
-    partners = np.searchsorted(key, key, side="right") - np.arange(len(key)) - 1
+    Each box is entered in every band it touches; entries are sorted by (group, band, x0),
+    and an entry's candidates are the entries after it, in its run, that start before it
+    ends (one `searchsorted`).  A pair is counted only in the band holding the top of the
+    two boxes' intersection, so each appears once.  Per-candidate work reads entry-ordered
+    arrays at nearby positions (cache friendly)."""
+    first, last = _bands(b)
+    box, k = _ragged(last - first + 1)
+    band = first[box] + k
+    xmin = float(b[:, 0].min())
+    xs, xe = b[:, 0] - xmin, b[:, 2] - xmin
+    span = float(xe.max()) + 1.0  # > any x offset: (group, band) runs never interleave
+    comb = (g[box] * (int(last.max()) + 1) + band).astype(np.float64) * span + xs[box]
+    srt = np.argsort(comb, kind="stable")
+    comb, box, band = comb[srt], box[srt], band[srt]
+    limit = comb - xs[box] + xe[box]
+    limit += np.abs(limit) * 1e-14  # rounding slack: only ever adds candidates, filtered exactly below
+    partners = np.maximum(np.searchsorted(comb, limit, side="left") - np.arange(len(comb)) - 1, 0)
     if int(partners.sum()) > _MAX_PAIRS:
         return None
     left, off = _ragged(partners)
     right = left + 1 + off
-    # entry-ordered copies of what each candidate reads
-    ex, ey = ex[srt], ey[srt]
-    cx, cy = gx0[box], gy0[box]
-    x0, y0, x1, y1 = (np.ascontiguousarray(b[box, c]) for c in range(4))
-    here = (ex[left] == np.maximum(cx[left], cx[right])) & (ey[left] == np.maximum(cy[left], cy[right]))
+    top = first[box]
+    here = band[left] == np.maximum(top[left], top[right])
     left, right = left[here], right[here]
+    x0, y0, x1, y1 = (np.ascontiguousarray(b[box, c]) for c in range(4))
     iw = np.minimum(x1[left], x1[right]) - np.maximum(x0[left], x0[right])
     hit = iw > 0
     left, right, iw = left[hit], right[hit], iw[hit]
