@@ -227,7 +227,8 @@ class Subscriber:
         if broker.tls:
             cert = (str(broker.tls.client_cert), str(broker.tls.client_key)) if client_cert else (None, None)
             self.client.tls_set(ca_certs=str(broker.tls.ca), certfile=cert[0], keyfile=cert[1])
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(0.05, 0.2)  # back before the publisher (amqtt keeps no sessions)
+        self.connects = 0
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.connected = threading.Event()
@@ -245,6 +246,9 @@ class Subscriber:
         if reason_code.is_failure:
             return
         client.subscribe(self.topic, qos=1)
+        with self._cond:
+            self.connects += 1
+            self._cond.notify_all()
         self.connected.set()
 
     def _on_message(self, client, userdata, msg):
@@ -262,6 +266,15 @@ class Subscriber:
                     raise AssertionError(f"timed out after {timeout}s waiting for {what}; got {len(self.messages)}: {topics}")
                 self._cond.wait(min(left, 0.5))
             return list(self.messages)
+
+    def wait_connects(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until the subscriber has (re)connected n times in all."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.connects < n:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"subscriber did not reconnect to {self.broker.url}")
+                self._cond.wait(0.2)
 
     def on(self, suffix: str) -> list[Received]:
         with self._cond:

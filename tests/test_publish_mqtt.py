@@ -124,6 +124,7 @@ def test_sigkill_while_broker_down_then_restart_replays_spool(tmp_path, broker, 
     finally:
         d.cleanup()
     broker.start()
+    sub.wait_connects(2)
     d2 = driver(tmp_path, broker, "--start-seq", "7")  # same state dir: same spool
     try:
         assert d2.cmd("drain 60") == "drained 0"
