@@ -251,3 +251,28 @@ def test_inflight_window_is_respected(tmp_path, broker):
     finally:
         pub.close()
     assert 1 <= peak <= 3
+
+
+def test_snapshot_and_camera_state_are_retained(tmp_path, broker, schema):
+    import threading
+
+    pub = MqttPublisher(fast(broker.url), Spool.in_state_dir(tmp_path), "dev1")
+    pub.start()
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40 + b"\xff\xd9"
+    try:
+        pub.publish_result(make_result("cam1", 0), snapshot=jpeg)
+        t = threading.Thread(target=pub.camera_state, args=("cam1", "camera_lost"))  # capture's reader thread
+        t.start()
+        t.join()
+        assert pub.drain(30) == 0
+    finally:
+        pub.close()
+    late = Subscriber(broker, "edge-agent/dev1/#").start()
+    try:
+        late.wait_for(lambda msgs: len(msgs) >= 3, 20, "retained snapshot, counts, status")
+    finally:
+        late.stop()
+    got = {m.topic: m for m in late.messages if m.retain}
+    assert got["edge-agent/dev1/cam1/snapshot"].payload == jpeg
+    status = schema.check(got["edge-agent/dev1/status"].payload, "status_message")
+    assert status["status"] == "offline" and status["cameras"] == {"cam1": "camera_lost"}
