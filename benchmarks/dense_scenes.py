@@ -281,8 +281,10 @@ def tiled_boxes(n_boxes: int, tokens: TokenCounter, rng) -> Regions:
     scene = make_scene(7680, 4320, 3200, rng)
     res = detect_tiled(scene.width, scene.height, PerfectFlorence(scene, tokens, rng), TilingOptions(max_depth=0))
     raw = res.unmerged["od"]
-    if len(raw) < n_boxes:
-        raw = Regions.concat([raw, raw.shifted(7680, 0)])
+    if len(raw) < n_boxes:  # a second wall beside the first, its own confidences
+        twin = raw.shifted(7680, 0)
+        twin = Regions(twin.boxes, rng.uniform(0.5, 1.0, len(twin)), twin.labels, None, twin.cut)
+        raw = Regions.concat([raw, twin])
     return raw.take(np.arange(n_boxes))
 
 

@@ -77,15 +77,27 @@ def _label_ids(labels: tuple[str, ...]) -> np.ndarray:
 def rank_order(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None) -> np.ndarray:
     """Indices best first: whole before cut, higher score, then x0, y0, x1, y1, then index."""
     neg = -np.asarray(scores, np.float64).reshape(-1)
-    cut = np.zeros(len(neg), bool) if cut is None else np.asarray(cut, bool).reshape(-1)
-    order = np.argsort(neg, kind="stable")
+    if not np.isfinite(neg).all():
+        raise ValueError("merge: scores must be finite")
+    n = len(neg)
+    cut = np.zeros(n, bool) if cut is None else np.asarray(cut, bool).reshape(-1)
+    order = np.argsort(neg)
     if cut.any():
         order = order[np.argsort(cut[order], kind="stable")]
     s, c = neg[order], cut[order]
-    if not ((s[1:] == s[:-1]) & (c[1:] == c[:-1])).any():
-        return order  # no ties: coordinates never decide
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.lexsort([b[:, 3], b[:, 2], b[:, 1], b[:, 0], neg, cut])
+    tie = (s[1:] == s[:-1]) & (c[1:] == c[:-1])
+    if not tie.any():
+        return order
+    # equal (cut, score) runs: order each by coordinates, then index (sorting only the ties)
+    run = np.cumsum(np.concatenate([[True], ~tie]))
+    tied = np.zeros(n, bool)
+    tied[1:] |= tie
+    tied[:-1] |= tie
+    pos = np.flatnonzero(tied)
+    idx = order[pos]
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)[idx]
+    order[pos] = idx[np.lexsort((idx, b[:, 3], b[:, 2], b[:, 1], b[:, 0], run[pos]))]
+    return order
 
 
 def suppress(boxes, scores, metric: str = "ios", threshold: float = 0.5, groups=None, cut=None) -> np.ndarray:
@@ -291,4 +303,5 @@ def _merge_groups(regions: Regions, keep: np.ndarray, owner: np.ndarray, cut: np
     scores = regions.scores[keep].copy()
     np.maximum.at(scores, grp, regions.scores)
     quads = None if regions.quads is None else regions.quads[keep]
-    return Regions(union, scores, tuple(regions.labels[k] for k in keep), quads, regions.cut[keep])
+    labels = regions.labels
+    return Regions(union, scores, [labels[k] for k in keep.tolist()], quads, regions.cut[keep])
