@@ -12,13 +12,16 @@ fp32 graphs next to them, all four parts, in onnx-community's naming.
   and outputs kept (so callers feed the same arrays as for fp32).  -> `*_fp16.onnx`.
   Meant for GPUs; ONNX Runtime's CPU kernels are mostly fp32.
 
-Every output is written to a temporary name and renamed, so an interrupted run never
-leaves a half-written variant that `open_model_dir` would pick.
+Every output is written in a temporary folder and moved into place, so an interrupted run
+never leaves a half-written graph that `open_model_dir` would pick.  Graphs over ~1.8 GB
+(the protobuf limit is 2 GB) keep their weights in an external-data file beside them.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,7 +60,8 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst), save_as_external_data=_big(src))
+    big = _big(src)
+    onnx.save(model, str(dst), save_as_external_data=big, location=dst.name + "_data" if big else None)
 
 
 CONVERTERS = {"int8": _quantize_int8, "q4": _quantize_q4, "fp16": _convert_fp16}
@@ -66,10 +70,6 @@ CONVERTERS = {"int8": _quantize_int8, "q4": _quantize_q4, "fp16": _convert_fp16}
 def _big(src: Path) -> bool:
     data = src.with_name(src.name + "_data")
     return src.stat().st_size + (data.stat().st_size if data.is_file() else 0) > EXTERNAL_DATA_ABOVE
-
-
-def _tmp_name(dst: Path) -> Path:
-    return dst.with_name(f".{dst.stem}.tmp{os.getpid()}.onnx")
 
 
 @contextmanager
@@ -88,19 +88,22 @@ def _quiet():
 
 
 def _convert_one(convert, src: Path, dst: Path) -> None:
-    tmp = _tmp_name(dst)
+    """Convert into a private temporary folder under the final name, then move the graph's
+    external-data file(s) and finally the graph into place (locations stay valid)."""
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=dst.parent))
     try:
         with _quiet():
-            convert(src, tmp)
-        tmp_data = tmp.with_name(tmp.name + "_data")
-        if tmp_data.is_file():  # external data keeps the name recorded at save time
-            log.warning("%s: weights stored as external data %s", dst, tmp_data.name)
-        os.replace(tmp, dst)
+            convert(src, tmp_dir / dst.name)
+        produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == dst.name)  # the graph last
+        for f in produced:
+            os.replace(f, dst.parent / f.name)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         if isinstance(exc, (ModelError, ConfigError)):
             raise
-        raise ModelError(f"{src}: {type(exc).__name__} while converting: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(f"{src}: {type(exc).__name__} while converting: {first}") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def quantize_dir(path, dtype: str, parts=PARTS) -> list[Path]:

@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.errors import ConfigError, ModelError
 from models.modeldir import PARTS, VARIANTS, open_model_dir, verify
+from models.onnxmeta import read_graph_meta
 from models.quantize import quantize_dir
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-florence2"
@@ -74,7 +75,7 @@ def run(file, part, cfg):
 def test_quantize_variant(fp32_dir, dtype, suffix, expect_op, min_corr):
     written = quantize_dir(fp32_dir, dtype)
     assert [p.name for p in written] == [f"{part}{suffix}.onnx" for part in PARTS]
-    assert not list((fp32_dir / "onnx").glob(".*tmp*"))
+    assert not list((fp32_dir / "onnx").glob(".quantize-*"))
     md = open_model_dir(fp32_dir, dtype)
     assert md.variant == suffix
     assert any(line.strip().startswith(f"ok decoder_model_merged{suffix}.onnx") for line in verify(fp32_dir, dtype))
@@ -125,3 +126,23 @@ def test_broken_source_names_file(tmp_path):
         quantize_dir(tmp_path, "fp16")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "onnx" / "vision_encoder_fp16.onnx").exists()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "q4", "fp16"])
+def test_external_data_output(tmp_path, monkeypatch, dtype):
+    """What happens for graphs over the protobuf limit, forced here with a zero threshold."""
+    from models import quantize as q
+
+    if not (TINY / "onnx" / "encoder_model.onnx").is_file():
+        pytest.skip("tiny fixture model not present")
+    d = tmp_path / "m"
+    shutil.copytree(TINY, d, ignore=shutil.ignore_patterns(*[f"*{v}.onnx" for v in VARIANTS if v]))
+    monkeypatch.setattr(q, "EXTERNAL_DATA_ABOVE", 0)
+    (dst,) = quantize_dir(d, dtype, parts=("encoder_model",))
+    meta_files = read_graph_meta(dst).external_files
+    assert meta_files and all((dst.parent / f).is_file() for f in meta_files)
+    assert not list((d / "onnx").glob(".quantize-*"))
+    cfg = json.loads((d / "config.json").read_text())["text_config"]
+    ref = run(d / "onnx" / "encoder_model.onnx", "encoder_model", cfg)
+    got = run(dst, "encoder_model", cfg)
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
