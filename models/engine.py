@@ -1,0 +1,179 @@
+"""Florence-2 with ONNX Runtime only: tiles in, parsed regions per task out.
+
+    engine = Florence2Engine(EngineOptions(model_dir="DIR", variant="_int8"))
+    outs = engine.run(tiles, tasks=("od", "ocr"))   # list (per tile) of {task: TaskOutput}
+
+Per call: every tile is preprocessed and goes through the vision encoder once; its image
+features are reused for each task; all (tile, task) prompts run through the text encoder
+together (right-padded, masked); then one batched KV-cached generation decodes every
+sequence (models/generate.py).  No torch is imported.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge_agent.errors import ConfigError, ModelError, RuntimeFailure
+from models.generate import DecoderRunner, Generated, generate
+from models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
+from models.outputs import TASKS, TaskOutput
+
+log = logging.getLogger(__name__)
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model_dir: str | Path
+    variant: str | None = None  # None: the best complete variant for CPU (models/modeldir.py)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (all cores)
+    num_beams: int | None = None  # None: as generation_config.json says
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    vision_batch: int = 4  # tiles per vision-encoder call
+    encoder_batch: int = 8  # sequences per text-encoder call
+
+
+def resolve_providers(requested: Sequence[str]) -> list[str]:
+    """Map aliases to ORT names; keep those installed (warn about the rest); CPU always last."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(str(name).lower(), str(name))
+        if not full.endswith("ExecutionProvider"):
+            raise ConfigError(f"model.providers: unknown execution provider {name!r}")
+        if full not in available:
+            log.warning("execution provider %s is not available in this onnxruntime; skipping it", full)
+        elif full not in chosen:
+            chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _session(path: Path, providers: list[str], threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"{path}: cannot load ONNX graph: {str(exc).splitlines()[0]}") from None
+
+
+def _input_dtype(session, name: str | None = None):
+    inputs = session.get_inputs()
+    t = next((i.type for i in inputs if i.name == name), inputs[0].type)
+    return np.float16 if "float16" in t else np.float32
+
+
+class Florence2Engine:
+    def __init__(self, opts: EngineOptions):
+        from models.modeldir import open_model_dir
+        from models.preprocess import PreprocessConfig
+
+        self.opts = opts
+        self.dir = open_model_dir(opts.model_dir, opts.variant)
+        self.providers = resolve_providers(opts.providers)
+        threads = opts.intra_op_threads or int(os.environ.get("EDGE_AGENT_ORT_THREADS", "0") or 0)
+        make = lambda part: _session(self.dir.onnx_path(part), self.providers, threads)  # noqa: E731
+        self.vision, self.embed, self.encoder = make("vision_encoder"), make("embed_tokens"), make("encoder_model")
+        self.runner = DecoderRunner(self.embed, make("decoder_model_merged"))
+        self.tokenizer = self.dir.load_tokenizer()
+        self.pre_cfg = PreprocessConfig.from_dir(self.dir.path)
+        self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
+                                                    max_new_tokens=opts.max_new_tokens)
+        self._prompt_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def info(self) -> dict:
+        return {"name": self.dir.path.name, "variant": self.dir.variant.lstrip("_") or "fp32",
+                "dir": str(self.dir.path), "providers": list(self.providers),
+                "num_beams": self.settings.num_beams, "max_new_tokens": self.settings.max_new_tokens}
+
+    # -- stages ---------------------------------------------------------------------
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        """[T,3,H,W] -> [T,577,D], in chunks of opts.vision_batch tiles."""
+        dtype = _input_dtype(self.vision)
+        step = max(1, self.opts.vision_batch)
+        parts = [self.vision.run(None, {"pixel_values": pixel_values[i:i + step].astype(dtype, copy=False)})[0]
+                 for i in range(0, len(pixel_values), step)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def prompt_ids(self, task: str) -> list[int]:
+        from models.prompts import prompt_for
+
+        return list(self.tokenizer(prompt_for(task))["input_ids"])
+
+    def prompt_embeds(self, task: str) -> np.ndarray:
+        if task not in self._prompt_cache:
+            ids = np.asarray([self.prompt_ids(task)], np.int64)
+            emb = self.embed.run(None, {"input_ids": ids})[0][0]
+            self._prompt_cache[task] = emb.astype(np.float32, copy=False)
+        return self._prompt_cache[task]
+
+    def encode(self, feats: np.ndarray, tasks: Sequence[str]):
+        """One row per (tile, task), tile-major: image features then prompt, right-padded."""
+        rows = [np.concatenate([f, self.prompt_embeds(t)]) for f in feats for t in tasks]
+        length = max(len(r) for r in rows)
+        x = np.zeros((len(rows), length, rows[0].shape[1]), np.float32)
+        mask = np.zeros((len(rows), length), np.int64)
+        for i, r in enumerate(rows):
+            x[i, :len(r)], mask[i, :len(r)] = r, 1
+        dtype = _input_dtype(self.encoder)
+        step = max(1, self.opts.encoder_batch)
+        hidden = [self.encoder.run(None, {"inputs_embeds": x[i:i + step].astype(dtype, copy=False),
+                                          "attention_mask": mask[i:i + step]})[0]
+                  for i in range(0, len(x), step)]
+        return np.concatenate(hidden), mask
+
+    def generate_rows(self, hidden: np.ndarray, mask: np.ndarray) -> list[Generated]:
+        hidden = hidden.astype(_input_dtype(self.runner.dec, "encoder_hidden_states"), copy=False)
+        return generate(self.runner, hidden, mask, self.settings)
+
+    # -- the API --------------------------------------------------------------------
+    def run(self, tiles: Sequence[np.ndarray], tasks: Sequence[str] = TASKS) -> list[dict[str, TaskOutput]]:
+        from models.preprocess import preprocess
+
+        tasks = tuple(tasks)
+        for t in tasks:
+            if t not in TASKS:
+                raise ConfigError(f"unknown task {t!r}: expected one of {', '.join(TASKS)}")
+        if not tiles or not tasks:
+            return [{} for _ in tiles]
+        try:
+            feats = self.image_features(preprocess(list(tiles), self.pre_cfg))
+            hidden, mask = self.encode(feats, tasks)
+            seqs = self.generate_rows(hidden, mask)
+        except (ConfigError, ModelError):
+            raise
+        except Exception as exc:  # onnxruntime failures at run time
+            raise RuntimeFailure(f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        return [{task: self._output(task, seqs[i * len(tasks) + j], tile)
+                 for j, task in enumerate(tasks)} for i, tile in enumerate(tiles)]
+
+    def _output(self, task: str, seq: Generated, tile: np.ndarray) -> TaskOutput:
+        from models.parse import parse_task
+
+        h, w = tile.shape[:2]
+        regions = parse_task(task, seq.ids, seq.probs, self.tokenizer, image_size=(w, h))
+        raw = self.tokenizer.decode(seq.ids, skip_special_tokens=False)
+        return TaskOutput(task=task, regions=regions, saturated=seq.saturated, raw=raw, token_ids=tuple(seq.ids))

@@ -1,0 +1,246 @@
+"""KV-cached generation through `decoder_model_merged.onnx` with ONNX Runtime and numpy.
+
+Greedy search and beam search over a batch of sequences (one per tile and task) in one
+decoder call per step.  Finished sequences leave the batch: their rows are dropped from
+the key/value caches.  Beam search is a numpy port of transformers' (5.x) vectorised
+`_beam_search` (same candidate count, length penalty, early stopping heuristic and
+finished-beam bookkeeping), so that token ids match `generate` exactly.
+
+The first decoder step runs with `use_cache_branch=False` and one row per sequence; the
+cross-attention keys/values it returns are kept and reused (later `present.*.encoder.*`
+outputs are ignored, so graphs that return empty tensors there work too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.generation import GenerationSettings, log_softmax, process_scores, softmax
+
+NEG = np.float32(-1.0e9)
+
+
+@dataclass
+class Generated:
+    ids: list[int]  # decoder start token first, EOS last unless the budget ran out
+    probs: list[float]  # probability of each chosen token under the processed scores; 1.0 for the start
+    saturated: bool  # used all max_new_tokens (an EOS there, if any, was the forced one)
+
+
+class DecoderRunner:
+    """Runs embed_tokens + decoder_model_merged sessions with explicit numpy caches."""
+
+    def __init__(self, embed_session, decoder_session):
+        self.embed = embed_session
+        self.dec = decoder_session
+        self.outputs = [o.name for o in decoder_session.get_outputs()]
+        past = [i for i in decoder_session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.num_layers = len(past) // 4
+        self.past_names = [f"past_key_values.{i}.{p}.{kv}" for i in range(self.num_layers)
+                           for p in ("decoder", "encoder") for kv in ("key", "value")]
+        shape = past[0].shape
+        self.heads, self.head_dim = shape[1], shape[3]
+        self.kv_dtype = np.float16 if "float16" in past[0].type else np.float32
+        emb_type = decoder_session.get_inputs()[0].type
+        self.embed_dtype = np.float16 if "float16" in emb_type else np.float32
+
+    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        out = self.embed.run(None, {"input_ids": ids.astype(np.int64)})[0]
+        return out.astype(self.embed_dtype, copy=False)
+
+    def first(self, tokens: np.ndarray, enc_hidden: np.ndarray, enc_mask: np.ndarray):
+        """tokens [R] -> logits [R, V] (float32), decoder kv list, encoder kv list."""
+        rows = len(tokens)
+        feeds = {"inputs_embeds": self.embed_ids(tokens[:, None]), "encoder_attention_mask": enc_mask,
+                 "encoder_hidden_states": enc_hidden, "use_cache_branch": np.array([False])}
+        empty = np.zeros((rows, self.heads, 0, self.head_dim), self.kv_dtype)
+        feeds.update({name: empty for name in self.past_names})
+        out = dict(zip(self.outputs, self.dec.run(None, feeds)))
+        return self._split(out)
+
+    def step(self, tokens, enc_hidden, enc_mask, dec_kv, enc_kv):
+        feeds = {"inputs_embeds": self.embed_ids(tokens[:, None]), "encoder_attention_mask": enc_mask,
+                 "encoder_hidden_states": enc_hidden, "use_cache_branch": np.array([True])}
+        for i in range(self.num_layers):
+            feeds[f"past_key_values.{i}.decoder.key"], feeds[f"past_key_values.{i}.decoder.value"] = dec_kv[i]
+            feeds[f"past_key_values.{i}.encoder.key"], feeds[f"past_key_values.{i}.encoder.value"] = enc_kv[i]
+        out = dict(zip(self.outputs, self.dec.run(None, feeds)))
+        logits, dec, _ = self._split(out)
+        return logits, dec
+
+    def _split(self, out):
+        logits = out["logits"][:, -1, :].astype(np.float32)
+        dec = [(out[f"present.{i}.decoder.key"], out[f"present.{i}.decoder.value"]) for i in range(self.num_layers)]
+        enc = [(out[f"present.{i}.encoder.key"], out[f"present.{i}.encoder.value"]) for i in range(self.num_layers)]
+        return logits, dec, enc
+
+
+def _take(kv, idx):
+    return [(k[idx], v[idx]) for k, v in kv]
+
+
+@dataclass
+class _Batch:
+    """Cross-attention state of the rows still decoding; re-sliced only when rows leave."""
+    hidden: np.ndarray
+    mask: np.ndarray
+    enc_kv: list
+
+    def take(self, idx: np.ndarray) -> "_Batch":
+        return _Batch(self.hidden[idx], self.mask[idx], _take(self.enc_kv, idx))
+
+
+def generate(runner: DecoderRunner, enc_hidden: np.ndarray, enc_mask: np.ndarray,
+             settings: GenerationSettings) -> list[Generated]:
+    """One sequence per row of enc_hidden [N, S, D] / enc_mask [N, S]."""
+    if len(enc_hidden) == 0:
+        return []
+    if settings.num_beams > 1:
+        return _beam_search(runner, enc_hidden, enc_mask, settings)
+    return _greedy(runner, enc_hidden, enc_mask, settings)
+
+
+def _greedy(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Generated]:
+    n = len(enc_hidden)
+    seqs = np.full((n, 1), s.decoder_start_token_id, np.int64)
+    probs = [[1.0] for _ in range(n)]
+    results: list[Generated | None] = [None] * n
+    active = np.arange(n)  # original index of each batch row
+    logits, dec_kv, enc_kv = runner.first(seqs[:, 0], enc_hidden, enc_mask)
+    batch = _Batch(enc_hidden, enc_mask, enc_kv)
+    while True:
+        scores = process_scores(logits, seqs, s)
+        tokens = np.argmax(scores, axis=1)
+        p = softmax(scores)[np.arange(len(tokens)), tokens]
+        seqs = np.concatenate([seqs, tokens[:, None]], axis=1)
+        for r, i in enumerate(active):
+            probs[i].append(float(p[r]))
+        done = np.isin(tokens, s.eos_token_ids) | (seqs.shape[1] >= s.max_length)
+        for r in np.flatnonzero(done):
+            i = active[r]
+            results[i] = Generated(seqs[r].tolist(), probs[i], seqs.shape[1] - 1 >= s.max_new_tokens)
+        if done.all():
+            return results
+        if done.any():
+            keep = np.flatnonzero(~done)
+            active, seqs, tokens = active[keep], seqs[keep], tokens[keep]
+            dec_kv, batch = _take(dec_kv, keep), batch.take(keep)
+        logits, dec_kv = runner.step(tokens, batch.hidden, batch.mask, dec_kv, batch.enc_kv)
+
+
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (ties: lower index first)."""
+    k = min(k, x.shape[-1])
+    part = np.argpartition(-x, k - 1)[:k]
+    order = np.lexsort((part, -x[part]))
+    return part[order]
+
+
+class _BeamItem:
+    """transformers' per-batch-item beam search state, for one sequence to generate."""
+
+    def __init__(self, s: GenerationSettings):
+        k = s.num_beams
+        self.s = s
+        self.run_seqs = np.full((k, 1), s.decoder_start_token_id, np.int64)
+        self.run_probs = np.ones((k, 1), np.float64)
+        self.run_scores = np.full(k, NEG, np.float32)
+        self.run_scores[0] = 0.0
+        self.fin_seqs: list = [None] * k
+        self.fin_probs: list = [None] * k
+        self.fin_scores = np.full(k, NEG, np.float32)
+        self.fin_done = np.zeros(k, bool)
+        self.improvable = True
+
+    def step(self, logprobs: np.ndarray) -> np.ndarray:
+        """logprobs [K, V] processed; advances the beams; returns the parent beam of each new running beam."""
+        s, k = self.s, self.s.num_beams
+        cur_len = self.run_seqs.shape[1]
+        vocab = logprobs.shape[1]
+        acc = (logprobs + self.run_scores[:, None]).reshape(-1)
+        idx = _topk(acc, 2 * k)
+        cand_lp, parent, tok = acc[idx], idx // vocab, idx % vocab
+        cand_seqs = np.concatenate([self.run_seqs[parent], tok[:, None]], axis=1)
+        cand_probs = np.concatenate([self.run_probs[parent], np.exp(logprobs[parent, tok])[:, None]], axis=1)
+        hits = np.isin(tok, s.eos_token_ids) | (cur_len + 1 >= s.max_length)
+        # e. running beams for the next step
+        running_lp = (cand_lp + hits.astype(np.float32) * NEG).astype(np.float32)
+        nxt = _topk(running_lp, k)
+        # f. finished beams
+        self._update_finished(cand_lp, cand_seqs, cand_probs, hits, cur_len)
+        self.run_seqs, self.run_probs, self.run_scores = cand_seqs[nxt], cand_probs[nxt], running_lp[nxt]
+        self._update_heuristic(cur_len + 1)
+        return parent[nxt]
+
+    def _update_finished(self, cand_lp, cand_seqs, cand_probs, hits, cur_len):
+        s, k = self.s, self.s.num_beams
+        just = hits & (np.arange(len(hits)) < k)
+        lp = (cand_lp / np.float32((cur_len + 1 - 1) ** s.length_penalty)).astype(np.float32)
+        full = bool(self.fin_done.all()) and s.early_stopping is True
+        lp = lp + np.float32(NEG if full else 0.0)
+        lp = lp + np.float32(0.0 if self.improvable else NEG)
+        lp = lp + (~just).astype(np.float32) * NEG
+        merged = np.concatenate([self.fin_scores, lp.astype(np.float32)])
+        top = _topk(merged, k)
+        seqs = self.fin_seqs + list(cand_seqs)
+        probs = self.fin_probs + list(cand_probs)
+        done = np.concatenate([self.fin_done, just])
+        self.fin_seqs = [seqs[i] for i in top]
+        self.fin_probs = [probs[i] for i in top]
+        self.fin_scores, self.fin_done = merged[top], done[top]
+
+    def _update_heuristic(self, cur_len: int):
+        s = self.s
+        if s.early_stopping == "never" and s.length_penalty > 0.0:
+            length = s.max_length - 1
+        else:
+            length = cur_len - 1
+        best = np.float32(self.run_scores[0] / np.float32(length ** s.length_penalty))
+        worst = np.where(self.fin_done, self.fin_scores.min(), NEG)
+        self.improvable = self.improvable and bool(np.any(best > worst))
+
+    @property
+    def finished(self) -> bool:
+        return (not self.improvable) or (bool(self.fin_done.all()) and self.s.early_stopping is True) \
+            or self.run_seqs.shape[1] >= self.s.max_length
+
+    def result(self) -> Generated:
+        best = int(np.argmax(self.fin_scores)) if self.fin_done.any() else 0
+        seq = self.fin_seqs[best] if self.fin_seqs[best] is not None else self.run_seqs[0]
+        probs = self.fin_probs[best] if self.fin_probs[best] is not None else self.run_probs[0]
+        ids = [int(t) for t in seq]
+        return Generated(ids, [float(p) for p in probs], len(ids) - 1 >= self.s.max_new_tokens)
+
+
+def _beam_search(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Generated]:
+    n, k = len(enc_hidden), s.num_beams
+    items = [_BeamItem(s) for _ in range(n)]
+    results: list[Generated | None] = [None] * n
+    # All K beams of an item start identical, so the first step runs one row per item.
+    logits, dec_kv, enc_kv = runner.first(np.full(n, s.decoder_start_token_id, np.int64), enc_hidden, enc_mask)
+    rep = np.repeat(np.arange(n), k)
+    logits, dec_kv = logits[rep], _take(dec_kv, rep)
+    batch = _Batch(enc_hidden, enc_mask, enc_kv).take(rep)
+    active = list(range(n))  # item of each block of K rows
+    while True:
+        seqs = np.concatenate([items[i].run_seqs for i in active])
+        logprobs = process_scores(log_softmax(logits), seqs, s)
+        gather, still = [], []
+        for b, i in enumerate(active):
+            parents = items[i].step(logprobs[b * k:(b + 1) * k])
+            if items[i].finished:
+                results[i] = items[i].result()
+            else:
+                still.append(b)
+                gather.append(b * k + parents)
+        if not still:
+            return results
+        gather = np.concatenate(gather)
+        dec_kv = _take(dec_kv, gather)
+        if len(still) != len(active):
+            rows = np.concatenate([np.arange(b * k, (b + 1) * k) for b in still])
+            batch = batch.take(rows)
+            active = [active[b] for b in still]
+        tokens = np.concatenate([items[i].run_seqs[:, -1] for i in active])
+        logits, dec_kv = runner.step(tokens, batch.hidden, batch.mask, dec_kv, batch.enc_kv)
