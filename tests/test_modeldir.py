@@ -261,3 +261,40 @@ def test_verify_kv_heads_against_config(tiny):
     (tiny / "config.json").write_text(json.dumps(cfg))
     r = cli("models", "verify", tiny)
     assert_exit2_one_line(r, "decoder_model_merged", "past_key_values.0.decoder.key", f"expected {heads * 2}")
+
+
+NO_TORCH = '''
+import importlib.abc, importlib.util, sys
+BLOCKED = ("torch", "torchvision")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda n, p=None: None if n.split(".")[0] in BLOCKED else _find_spec(n, p)
+sys.meta_path.insert(0, Block())
+import numpy as np
+from models.modeldir import open_model_dir, verify
+from models.parse import parse_task
+from models.preprocess import preprocess
+import models.quantize, models.pull
+md = open_model_dir(sys.argv[1])
+tok = md.load_tokenizer()
+x = preprocess([np.zeros((10, 20, 3), np.uint8)], md.preprocess_config())
+ids = tok("</s><s>car<loc_1><loc_2><loc_3><loc_4></s>", add_special_tokens=False)["input_ids"]
+assert parse_task("od", ids, [1.0] * len(ids), tok).labels == ("car",) and x.shape == (1, 3, 768, 768)
+assert verify(md.path)[-1].startswith("ok:")
+assert "torch" not in sys.modules
+print("ok without torch")
+'''
+
+
+def test_runtime_parts_work_without_torch(tiny):
+    """Tokenizer, preprocessing, parsing and verify on a machine without torch (the Pi)."""
+    import subprocess
+    import sys
+
+    root = TINY.parents[2]
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, str(tiny)], capture_output=True, text=True, cwd=root,
+                       timeout=300)
+    assert r.returncode == 0 and "ok without torch" in r.stdout, r.stderr
