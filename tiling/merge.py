@@ -248,7 +248,7 @@ def _sweep_pairs(b: np.ndarray, g: np.ndarray, metric: str, threshold: float):
     xs, xe = b[:, 0] - xmin, b[:, 2] - xmin
     span = float(xe.max()) + 1.0  # > any x offset: (group, band) runs never interleave
     comb = (g[box] * (int(last.max()) + 1) + band).astype(np.float64) * span + xs[box]
-    srt = np.argsort(comb, kind="stable")
+    srt = np.argsort(comb)  # any order among equal x0 finds each pair once
     comb, box, band = comb[srt], box[srt], band[srt]
     limit = comb - xs[box] + xe[box]
     limit += np.abs(limit) * 1e-14  # rounding slack: only ever adds candidates, filtered exactly below
@@ -257,15 +257,14 @@ def _sweep_pairs(b: np.ndarray, g: np.ndarray, metric: str, threshold: float):
         return None
     left, off = _ragged(partners)
     right = left + 1 + off
+    # candidates overlap along x by construction; test y and the band first
     top = first[box]
-    here = band[left] == np.maximum(top[left], top[right])
-    left, right = left[here], right[here]
     x0, y0, x1, y1 = (np.ascontiguousarray(b[box, c]) for c in range(4))
+    ih = np.minimum(y1[left], y1[right]) - np.maximum(y0[left], y0[right])
+    hit = (ih > 0) & (band[left] == np.maximum(top[left], top[right]))
+    left, right, ih = left[hit], right[hit], ih[hit]
     iw = np.minimum(x1[left], x1[right]) - np.maximum(x0[left], x0[right])
     hit = iw > 0
-    left, right, iw = left[hit], right[hit], iw[hit]
-    ih = np.minimum(y1[left], y1[right]) - np.maximum(y0[left], y0[right])
-    hit = ih > 0
     left, right = left[hit], right[hit]
     inter = iw[hit] * ih[hit]
     area = (x1 - x0) * (y1 - y0)
