@@ -7,6 +7,7 @@ external-data files if any), the root JSON files and the tokenizer files.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 from edge_agent.errors import ConfigError, RuntimeFailure
@@ -59,21 +60,30 @@ def _network_error(hub, exc: Exception) -> RuntimeFailure:
     return RuntimeFailure(f"cannot download: {reason}")
 
 
+def _is_network_error(hub, exc: Exception) -> bool:
+    errors = hub.errors
+    if isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError,
+                        ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3")
+
+
 def pull(name: str, variant: str | None = DEFAULT_VARIANT, dest=None) -> Path:
     """Download `variant` of model `name` into `dest` (default ./<repo name>); returns dest."""
     repo = repo_id(name)
     v = normalize_variant(DEFAULT_VARIANT if variant is None else variant)
     dest = Path(dest).expanduser() if dest else Path.cwd() / repo.split("/")[1]
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"--dest {dest}: exists and is not a directory")
     hub = _hub()
     log.info("downloading %s (variant %s) into %s", repo, v.lstrip("_") or "fp32", dest)
     try:
         hub.snapshot_download(repo_id=repo, local_dir=str(dest), allow_patterns=allow_patterns(v))
-    except (OSError, ValueError, hub.errors.HfHubHTTPError) as exc:  # offline, DNS, refused, HTTP errors
-        err = _network_error(hub, exc)
-        raise RuntimeFailure(f"{repo}: {err.format_message()}") from None
-    except Exception as exc:  # httpx transport errors are not OSError
-        if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+    except Exception as exc:
+        if _is_network_error(hub, exc):
             raise RuntimeFailure(f"{repo}: {_network_error(hub, exc).format_message()}") from None
+        if isinstance(exc, OSError):  # local disk: permissions, full disk, read-only
+            raise ConfigError(f"--dest {dest}: cannot write: {exc.strerror or exc}") from None
         raise
     open_model_dir(dest, v)  # ModelError naming the first missing file if the repo lacks this variant
     return dest

@@ -126,3 +126,21 @@ def test_default_variant_is_cpu_preference():
     from models.modeldir import CPU_PREFERENCE
 
     assert pull_mod.DEFAULT_VARIANT == CPU_PREFERENCE[0]
+
+
+def test_dest_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        pull("base", "int8", f)
+
+
+def test_local_disk_error_is_not_reported_as_network(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def snapshot_download(**_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(ConfigError, match="cannot write: Permission denied"):
+        pull("base", "int8", tmp_path / "m")
