@@ -153,11 +153,11 @@ def test_piled_up_boxes_use_survivor_loop(monkeypatch):
 
 
 def test_long_chain_falls_back_to_sequential_settling(monkeypatch):
-    # 200 boxes in a line, each overlapping the next: the sweeps settle ~2 per round
+    # 200 boxes in a line, each overlapping the next: each pass settles ~2
     x = np.arange(200) * 6.0
     b = np.column_stack([x, np.zeros(200), x + 10, np.full(200, 10.0)])
     scores = np.linspace(1, 0.5, 200)
-    monkeypatch.setattr(M, "_MAX_SWEEPS", 5)
+    monkeypatch.setattr(M, "_MAX_PASSES", 5)
     keep = suppress(b, scores, "iou", 0.2)
     assert keep.tolist() == list(range(0, 200, 2))
 

@@ -35,8 +35,8 @@ METRICS = ("iou", "ios")
 
 _MAX_GRID = 2048  # bands at most
 _MAX_ENTRIES_PER_BOX = 16  # bands a box spans, on average, at most
-_MAX_PAIRS = 4_000_000  # candidate pairs beyond this: boxes piled up; use the survivor loop
-_MAX_SWEEPS = 48  # then settle the rest one box at a time (long chains of overlaps only)
+_MAX_PAIRS = 1_000_000  # candidate pairs beyond this (~100 MB): boxes piled up; use the survivor loop
+_MAX_PASSES = 48  # then settle the rest one box at a time (long chains of overlaps only)
 
 
 def merge_boxes(regions: Regions, method: str = "nmm", metric: str = "ios", threshold: float = 0.5,
@@ -140,7 +140,7 @@ def greedy_groups(boxes: np.ndarray, order: np.ndarray, metric: str, threshold: 
 def _settle(n: int, src: np.ndarray, dst: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Keep (1) or suppress (2) each box: kept iff no kept box ranked before it matches it."""
     state = np.zeros(n, np.int8)
-    for _ in range(_MAX_SWEEPS):
+    for _ in range(_MAX_PASSES):
         live = (state[src] != 2) & (state[dst] == 0)
         src, dst = src[live], dst[live]
         blocked = np.zeros(n, bool)
@@ -153,7 +153,7 @@ def _settle(n: int, src: np.ndarray, dst: np.ndarray, order: np.ndarray) -> np.n
 
 
 def _settle_sequential(state: np.ndarray, src: np.ndarray, dst: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """What the sweeps left, one box at a time in rank order (a loop over boxes, not pairs)."""
+    """What the passes left, one box at a time in rank order (a loop over boxes, not pairs)."""
     live = (state[src] != 2) & (state[dst] == 0)
     src, dst = src[live], dst[live]
     by_src = np.argsort(src, kind="stable")
