@@ -37,9 +37,9 @@ def test_chain_of_overlaps_is_greedy():
     assert out.boxes[:, 0].tolist() == [0, 5]
     out = merge_boxes(r, "nmm", "iou", 0.5)
     assert len(out) == 2 and out.boxes[0].tolist() == [0, 0, 10, 10]  # whole winner keeps its box
-    # when nothing is whole the group's union is kept
+    # when nothing is whole the group's union is kept: a+b -> [0, 12.5], which then matches c
     out = merge_boxes(R(r.boxes, r.scores, cut=[True] * 3), "nmm", "iou", 0.5)
-    assert out.boxes[0].tolist() == [0, 0, 12.5, 10]
+    assert out.boxes.tolist() == [[0, 0, 15, 10]]
 
 
 def test_several_classes_class_aware_and_agnostic():
@@ -67,8 +67,9 @@ def test_cut_box_loses_to_whole_box_whatever_the_score():
         out = merge_boxes(r, method)
         assert out.boxes.tolist() == [whole] and out.cut.tolist() == [False]
     assert merge_boxes(r, "nmm").scores.tolist() == [0.99]
-    # without edge awareness the score decides
+    # without edge awareness the score decides, and nmm unions
     assert merge_boxes(r, "nms", edge_aware=False).boxes.tolist() == [cut_part]
+    assert merge_boxes(r, "nmm", edge_aware=False).boxes.tolist() == [whole]
 
 
 def test_nmm_rebuilds_object_from_two_cut_parts():
@@ -218,7 +219,7 @@ def test_greedy_nmm_groups_agree_with_sahi(n, metric, thr, seed, integer):
 
 
 def test_nmm_union_agrees_with_sahi_greedy_nmm_postprocess():
-    """All boxes cut (no whole view to prefer): merge_boxes(nmm) unions each group as SAHI does."""
+    """Without edge awareness merge_boxes(nmm) is SAHI's score-ranked greedy NMM with unions."""
     from sahi.postprocess.combine import GreedyNMMPostprocess
     from sahi.prediction import ObjectPrediction
 
@@ -229,7 +230,7 @@ def test_nmm_union_agrees_with_sahi_greedy_nmm_postprocess():
     b = np.round(b)
     s = rng.uniform(0.3, 1, len(b))
     labels = [("can", "box")[i % 2] for i in range(60) for _ in range(3)]
-    ours = merge_boxes(Regions(b, s, labels, cut=np.ones(len(b), bool)), "nmm", "ios", 0.5)
+    ours = merge_boxes(Regions(b, s, labels, cut=rng.uniform(size=len(b)) < 0.5), "nmm", "ios", 0.5, edge_aware=False)
     ops = [ObjectPrediction(bbox=bb.tolist(), category_id=labels[i] == "box", category_name=labels[i],
                             score=float(s[i]), shift_amount=[0, 0], full_shape=[2000, 2000]) for i, bb in enumerate(b)]
     theirs = GreedyNMMPostprocess(0.5, "IOS", class_agnostic=False)(ops)
@@ -255,3 +256,16 @@ def test_match_pairs_equal_the_dense_pair_set(seed):
     if groups is not None:
         ok &= groups[a] == groups[c]
     assert got == set(zip(a[ok].tolist(), c[ok].tolist()))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_order_matches_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    n = 500
+    b = np.round(random_boxes(rng, n, spread=100, size=20))
+    scores = rng.choice([0.2, 0.5, 0.9], n)
+    cut = rng.uniform(size=n) < 0.4
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    key = lambda i: (cut[i], -area[i] if cut[i] else 0.0, -scores[i], *b[i], i)
+    assert rank_order(b, scores, cut).tolist() == sorted(range(n), key=key)
+    assert rank_order(b, scores).tolist() == sorted(range(n), key=lambda i: (-scores[i], *b[i], i))

@@ -158,3 +158,17 @@ def test_options_validation_names_the_key(kw):
     key = next(iter(kw))
     with pytest.raises(ValueError, match=f"tiling.{key}"):
         TilingOptions(**kw)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(0, 1900), st.floats(0, 1060), st.floats(8, 600), st.floats(8, 600), st.integers(0, 2**16))
+def test_any_object_up_to_600px_comes_back_once(x, y, w, h, seed):
+    """Wherever one object lies (on seams, corners, frame edges) it comes back as one box close to it."""
+    box = np.array([[x, y, min(x + w, 1920), min(y + h, 1080)]])
+    model = FakeModel(box, ["box"])
+    res = detect_tiled(1920, 1080, model, TilingOptions())
+    assert len(res.od) == 1
+    assert best_iou(box, res.od.boxes)[0] > 0.99

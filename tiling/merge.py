@@ -9,8 +9,9 @@ every box whose higher-ranked matches are all settled).
 Ranking, and therefore who wins a match:
 1. whole boxes before boxes cut by an interior tile edge (`Regions.cut`): a cut box loses to an
    overlapping box from a tile where the object lies whole, whatever the scores;
-2. then higher score;
-3. then smaller x0, y0, x1, y1, then input order: ties break deterministically (the same order
+2. then, among cut boxes, larger area (the largest part of an object overlaps its other parts);
+3. then higher score;
+4. then smaller x0, y0, x1, y1, then input order: ties break deterministically (the same order
    as SAHI's `_score_tiebreak_order` when nothing is cut).
 
 Defaults, chosen for tiled Florence-2 output (measured in benchmarks/dense_scenes.py):
@@ -36,6 +37,7 @@ METRICS = ("iou", "ios")
 _MAX_GRID = 2048  # bands at most
 _MAX_ENTRIES_PER_BOX = 16  # bands a box spans, on average, at most
 _MAX_PAIRS = 1_000_000  # candidate pairs beyond this (~100 MB): boxes piled up; use the survivor loop
+_MAX_ROUNDS = 3  # NMM rounds while unions grow
 _MAX_PASSES = 48  # then settle the rest one box at a time (long chains of overlaps only)
 
 
@@ -46,18 +48,26 @@ def merge_boxes(regions: Regions, method: str = "nmm", metric: str = "ios", thre
     nms: the winner keeps its own box and score.  nmm: the winner absorbs every box it matches
     that no earlier winner took (greedy NMM, as SAHI's `greedy_nmm`); the result is the union of
     the group, or the winner's own box if it is whole and `edge_aware`; the score is the group's max.
+    When a union grew, the merge runs again on its output (at most `_MAX_ROUNDS` times): an
+    object cut into four parts at a tile corner may only match its largest part once two
+    parts are joined.  With `edge_aware=False` cut flags are ignored: plain score-ranked
+    greedy NMM with unions, in one round, as SAHI's GreedyNMMPostprocess.
     """
     _check(method, metric, threshold)
-    n = len(regions)
-    if n == 0:
-        return regions
-    cut = regions.cut if edge_aware else np.zeros(n, bool)
-    groups = None if class_agnostic else _label_ids(regions.labels)
-    order = rank_order(regions.boxes, regions.scores, cut)
-    keep, owner = greedy_groups(regions.boxes, order, metric, threshold, groups)
-    if method == "nms":
-        return regions.take(keep)
-    return _merge_groups(regions, keep, owner, cut)
+    for _ in range(_MAX_ROUNDS if edge_aware else 1):
+        if not len(regions):
+            return regions
+        cut = regions.cut if edge_aware else np.zeros(len(regions), bool)
+        groups = None if class_agnostic else _label_ids(regions.labels)
+        order = rank_order(regions.boxes, regions.scores, cut)
+        keep, owner = greedy_groups(regions.boxes, order, metric, threshold, groups)
+        if method == "nms":
+            return regions.take(keep)
+        union = cut[keep] if edge_aware else np.ones(len(keep), bool)
+        regions, grew = _merge_groups(regions, keep, owner, union)
+        if not grew:
+            break  # else a grown union may now cover parts it missed: merge once more
+    return regions
 
 
 def _check(method: str, metric: str, threshold: float) -> None:
@@ -75,28 +85,38 @@ def _label_ids(labels: tuple[str, ...]) -> np.ndarray:
 
 
 def rank_order(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None) -> np.ndarray:
-    """Indices best first: whole before cut, higher score, then x0, y0, x1, y1, then index."""
+    """Indices best first: whole before cut, higher score, then x0, y0, x1, y1, then index.
+
+    Cut boxes rank by area first (the largest part of an object is the view that overlaps its
+    other parts most), then by score."""
     neg = -np.asarray(scores, np.float64).reshape(-1)
     if not np.isfinite(neg).all():
         raise ValueError("merge: scores must be finite")
     n = len(neg)
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
     cut = np.zeros(n, bool) if cut is None else np.asarray(cut, bool).reshape(-1)
     order = np.argsort(neg)
+    keys = [neg]
     if cut.any():
+        part = np.where(cut, -(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 0.0)
+        order = order[np.argsort(part[order], kind="stable")]
         order = order[np.argsort(cut[order], kind="stable")]
-    s, c = neg[order], cut[order]
-    tie = (s[1:] == s[:-1]) & (c[1:] == c[:-1])
+        keys = [neg, part, cut]
+    tie = np.ones(max(n - 1, 0), bool)
+    for key in keys:
+        k = key[order]
+        tie &= k[1:] == k[:-1]
     if not tie.any():
         return order
-    # equal (cut, score) runs: order each by coordinates, then index (sorting only the ties)
+    # equal-key runs: order each by coordinates, then index (sorting only the ties)
     run = np.cumsum(np.concatenate([[True], ~tie]))
     tied = np.zeros(n, bool)
     tied[1:] |= tie
     tied[:-1] |= tie
     pos = np.flatnonzero(tied)
     idx = order[pos]
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)[idx]
-    order[pos] = idx[np.lexsort((idx, b[:, 3], b[:, 2], b[:, 1], b[:, 0], run[pos]))]
+    bt = b[idx]
+    order[pos] = idx[np.lexsort((idx, bt[:, 3], bt[:, 2], bt[:, 1], bt[:, 0], run[pos]))]
     return order
 
 
@@ -285,22 +305,24 @@ def _overlap(bi: np.ndarray, bj: np.ndarray, metric: str) -> tuple[np.ndarray, n
     return inter, denom
 
 
-def _merge_groups(regions: Regions, keep: np.ndarray, owner: np.ndarray, cut: np.ndarray) -> Regions:
-    """NMM result: per kept box, the group's union box (or the winner's own if whole) and max score."""
+def _merge_groups(regions: Regions, keep: np.ndarray, owner: np.ndarray, union: np.ndarray) -> tuple[Regions, bool]:
+    """NMM result: per kept box, the group's union box where `union` (else the winner's own box)
+    and the group's max score; and whether any union grew beyond its winner's box."""
     n = len(regions)
     slot = np.full(n, -1, np.int64)
     slot[keep] = np.arange(len(keep))
     grp = slot[owner]
     b = regions.boxes
-    union = b[keep].copy()
-    np.minimum.at(union[:, 0], grp, b[:, 0])
-    np.minimum.at(union[:, 1], grp, b[:, 1])
-    np.maximum.at(union[:, 2], grp, b[:, 2])
-    np.maximum.at(union[:, 3], grp, b[:, 3])
-    whole = ~cut[keep]
-    union[whole] = b[keep][whole]
+    box = b[keep].copy()
+    np.minimum.at(box[:, 0], grp, b[:, 0])
+    np.minimum.at(box[:, 1], grp, b[:, 1])
+    np.maximum.at(box[:, 2], grp, b[:, 2])
+    np.maximum.at(box[:, 3], grp, b[:, 3])
+    own = ~union
+    box[own] = b[keep][own]
+    grew = bool((box != b[keep]).any())
     scores = regions.scores[keep].copy()
     np.maximum.at(scores, grp, regions.scores)
     quads = None if regions.quads is None else regions.quads[keep]
     labels = regions.labels
-    return Regions(union, scores, [labels[k] for k in keep.tolist()], quads, regions.cut[keep])
+    return Regions(box, scores, [labels[k] for k in keep.tolist()], quads, regions.cut[keep]), grew
