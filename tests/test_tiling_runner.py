@@ -172,3 +172,12 @@ def test_any_object_up_to_600px_comes_back_once(x, y, w, h, seed):
     res = detect_tiled(1920, 1080, model, TilingOptions())
     assert len(res.od) == 1
     assert best_iou(box, res.od.boxes)[0] > 0.99
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0, 1900), st.floats(0, 1060), st.floats(8, 1920), st.floats(8, 1080))
+def test_any_object_even_larger_than_a_tile_comes_back_once_with_the_full_frame_pass(x, y, w, h):
+    box = np.array([[x, y, min(x + w, 1920), min(y + h, 1080)]])
+    res = detect_tiled(1920, 1080, FakeModel(box, ["box"]), TilingOptions(full_frame=True))
+    assert len(res.od) == 1
+    assert best_iou(box, res.od.boxes)[0] > 0.99
