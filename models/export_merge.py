@@ -3,8 +3,8 @@
 The result has the onnx-community layout: one `If` node on `use_cache_branch` (bool [1]);
 the then-branch is the with-past graph, the else-branch the first-step graph.  Weights
 that both graphs hold (compared by content) are stored once, in the outer graph.  In the
-with-past branch the `present.{i}.encoder.*` outputs pass the past encoder keys/values
-through unchanged.  Needs only `onnx` (optimum's merge_decoders pins transformers < 4.58).
+with-past branch the `present.{i}.encoder.*` outputs are empty constants, as in optimum's
+merged decoders: callers keep the cross-attention keys/values of the first step.  Needs only `onnx` (optimum's merge_decoders pins transformers < 4.58).
 """
 from __future__ import annotations
 
@@ -67,12 +67,15 @@ def _as_branch(graph, prefix: str, shared: _SharedWeights, outer_inputs: set[str
     return list(graph.node), outputs
 
 
-def _passthrough(name: str, out_name: str, like: onnx.ValueInfoProto):
-    node = helper.make_node("Identity", [name], [out_name], name=f"{out_name}_identity")
-    vi = onnx.ValueInfoProto()
-    vi.CopyFrom(like)
-    vi.name = out_name
-    return node, vi
+def _empty_output(out_name: str, like: onnx.ValueInfoProto):
+    """An empty constant [0, heads, 1, head_dim] (as optimum's merge does): the with-past branch
+    has no new cross-attention keys/values, and copying the past ones every step would cost."""
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in like.type.tensor_type.shape.dim]
+    dims[0] = 0
+    elem = like.type.tensor_type.elem_type
+    value = helper.make_tensor(out_name + "_value", elem, dims, [])
+    node = helper.make_node("Constant", [], [out_name], name=f"{out_name}_empty", value=value)
+    return node, helper.make_tensor_value_info(out_name, elem, dims)
 
 
 def merge_decoders(first: onnx.ModelProto, with_past: onnx.ModelProto, num_layers: int) -> onnx.ModelProto:
@@ -96,9 +99,9 @@ def merge_decoders(first: onnx.ModelProto, with_past: onnx.ModelProto, num_layer
     for name in ordered:
         if name in then_by_name:
             then_ordered.append(then_by_name[name])
-        else:  # present.{i}.encoder.* in the with-past branch: pass the past through
+        else:  # present.{i}.encoder.* in the with-past branch: empty (callers keep the first step's)
             past_name = name.replace("present.", "past_key_values.", 1)
-            node, vi = _passthrough(past_name, "past/" + name, past_inputs[past_name])
+            node, vi = _empty_output("past/" + name, past_inputs[past_name])
             then_nodes.append(node)
             then_ordered.append(vi)
     else_by_name = {o.name[len("first/"):]: o for o in else_outs}

@@ -59,9 +59,13 @@ class DecoderRunner:
         out = dict(zip(self.outputs, self.dec.run(None, feeds)))
         return self._split(out)
 
-    def step(self, tokens, enc_hidden, enc_mask, dec_kv, enc_kv):
-        feeds = {"inputs_embeds": self.embed_ids(tokens[:, None]), "encoder_attention_mask": enc_mask,
-                 "encoder_hidden_states": enc_hidden, "use_cache_branch": np.array([True])}
+    def step(self, tokens, enc_mask, dec_kv, enc_kv):
+        """Later steps.  The with-past branch does not read encoder_hidden_states, so an empty one is
+        fed: nothing outside the If (e.g. an int8 graph's activation quantizer) works on it per step."""
+        emb = self.embed_ids(tokens[:, None])
+        feeds = {"inputs_embeds": emb, "encoder_attention_mask": enc_mask,
+                 "encoder_hidden_states": np.zeros((len(tokens), 0, emb.shape[2]), emb.dtype),
+                 "use_cache_branch": np.array([True])}
         for i in range(self.num_layers):
             feeds[f"past_key_values.{i}.decoder.key"], feeds[f"past_key_values.{i}.decoder.value"] = dec_kv[i]
             feeds[f"past_key_values.{i}.encoder.key"], feeds[f"past_key_values.{i}.encoder.value"] = enc_kv[i]
@@ -83,12 +87,11 @@ def _take(kv, idx):
 @dataclass
 class _Batch:
     """Cross-attention state of the rows still decoding; re-sliced only when rows leave."""
-    hidden: np.ndarray
     mask: np.ndarray
     enc_kv: list
 
     def take(self, idx: np.ndarray) -> "_Batch":
-        return _Batch(self.hidden[idx], self.mask[idx], _take(self.enc_kv, idx))
+        return _Batch(self.mask[idx], _take(self.enc_kv, idx))
 
 
 def generate(runner: DecoderRunner, enc_hidden: np.ndarray, enc_mask: np.ndarray,
@@ -108,7 +111,7 @@ def _greedy(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Generat
     results: list[Generated | None] = [None] * n
     active = np.arange(n)  # original index of each batch row
     logits, dec_kv, enc_kv = runner.first(seqs[:, 0], enc_hidden, enc_mask)
-    batch = _Batch(enc_hidden, enc_mask, enc_kv)
+    batch = _Batch(enc_mask, enc_kv)
     while True:
         scores = process_scores(logits, seqs, s)
         tokens = np.argmax(scores, axis=1)
@@ -126,7 +129,7 @@ def _greedy(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Generat
             keep = np.flatnonzero(~done)
             active, seqs, tokens = active[keep], seqs[keep], tokens[keep]
             dec_kv, batch = _take(dec_kv, keep), batch.take(keep)
-        logits, dec_kv = runner.step(tokens, batch.hidden, batch.mask, dec_kv, batch.enc_kv)
+        logits, dec_kv = runner.step(tokens, batch.mask, dec_kv, batch.enc_kv)
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
@@ -221,7 +224,7 @@ def _beam_search(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Ge
     logits, dec_kv, enc_kv = runner.first(np.full(n, s.decoder_start_token_id, np.int64), enc_hidden, enc_mask)
     rep = np.repeat(np.arange(n), k)
     logits, dec_kv = logits[rep], _take(dec_kv, rep)
-    batch = _Batch(enc_hidden, enc_mask, enc_kv).take(rep)
+    batch = _Batch(enc_mask, enc_kv).take(rep)
     active = list(range(n))  # item of each block of K rows
     while True:
         seqs = np.concatenate([items[i].run_seqs for i in active])
@@ -243,4 +246,4 @@ def _beam_search(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Ge
             batch = batch.take(rows)
             active = [active[b] for b in still]
         tokens = np.concatenate([items[i].run_seqs[:, -1] for i in active])
-        logits, dec_kv = runner.step(tokens, batch.hidden, batch.mask, dec_kv, batch.enc_kv)
+        logits, dec_kv = runner.step(tokens, batch.mask, dec_kv, batch.enc_kv)

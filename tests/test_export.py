@@ -88,9 +88,14 @@ def test_parts_match_transformers(model, sessions):
         if t:
             feeds["inputs_embeds"] = sessions["embed_tokens"].run(None, {"input_ids": np.full((2, 1), tok)})[0]
             feeds["use_cache_branch"] = np.array([True])
-            feeds.update({k.replace("present.", "past_key_values."): v for k, v in res.items() if k != "logits"})
+            # decoder keys/values grow; the encoder ones are kept from the first step (later ones are empty)
+            feeds.update({k.replace("present.", "past_key_values."): v for k, v in res.items()
+                          if ".decoder." in k or (t == 1 and ".encoder." in k)})
+            feeds["encoder_hidden_states"] = enc[:, :0]
         res = dict(zip(out_names, dec.run(None, feeds)))
         logits.append(res["logits"][:, -1])
+        if t:
+            assert res["present.0.encoder.key"].shape[0] == 0
     full_ids = torch.cat([torch.full((2, 577), 51289), torch.from_numpy(ids)], 1)
     with torch.no_grad():
         ref_feats = model.get_image_features(px).pooler_output.numpy()
