@@ -38,11 +38,19 @@ def test_cut_prefix_and_suffix_keep_the_longer():
 
 def test_two_cut_parts_of_a_long_line_are_stitched():
     left = T([line(500, 100, 768, 120)], [0.8], ["Organic Whole"], [True])
-    right = T([line(614, 100, 900, 120)], [0.7], ["Whole Milk 1L"], [True])
+    right = T([line(665, 100, 933, 120)], [0.7], ["Whole Milk 1L"], [True])  # ~20.6 px a character
     out = merge_text(Regions.concat([right, left], ocr=True))
     assert out.labels == ("Organic Whole Milk 1L",)
-    assert out.boxes.tolist() == [[500, 100, 900, 120]] and out.scores.tolist() == [0.8]
-    assert out.quads.tolist() == [line(500, 100, 900, 120)]
+    assert out.boxes.tolist() == [[500, 100, 933, 120]] and out.scores.tolist() == [0.8]
+    assert out.quads.tolist() == [line(500, 100, 933, 120)]
+
+
+def test_repeated_text_is_stitched_by_geometry_not_by_containment():
+    # "AAAAAAAAAAAA" (12 chars, 10 px each) at x 700..820, seen as 7 chars left of 770 and 10 right of 720
+    left = T([line(700, 100, 770, 112)], [0.9], ["A" * 7], [True])
+    right = T([line(720, 100, 820, 112)], [0.9], ["A" * 10], [True])
+    out = merge_text(Regions.concat([left, right], ocr=True))
+    assert out.labels == ("A" * 12,) and out.boxes.tolist() == [[700, 100, 820, 112]]
 
 
 def test_different_readings_keep_the_higher_confidence():
@@ -78,3 +86,43 @@ def test_seam_text_line_comes_back_as_one_close_to_original():
     out = merge_text(Regions.concat(parts, ocr=True))
     assert out.labels == (text,)
     np.testing.assert_allclose(out.boxes[0], [x0, y0, x1, y1])
+
+
+from dataclasses import dataclass  # noqa: E402
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from tiling.runner import TilingOptions, detect_tiled  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Out:
+    regions: Regions
+    saturated: bool = False
+
+
+def line_reader(text, x0, y0, char_w=7.0, height=12.0):
+    """A perfect reader of one line: in each tile it reads the characters whose centres it sees."""
+    centres = x0 + char_w * (np.arange(len(text)) + 0.5)
+
+    def infer(tiles):
+        outs = []
+        for t in tiles:
+            inside = np.flatnonzero((centres >= t.x0) & (centres < t.x1))
+            y_a, y_b = max(y0, t.y0), min(y0 + height, t.y1)
+            if not len(inside) or y_b - y_a < 4:
+                outs.append({"ocr": Out(Regions.empty(ocr=True))})
+                continue
+            a, b = x0 + char_w * inside[0], x0 + char_w * (inside[-1] + 1)
+            q = np.array([[a, y_a, b, y_a, b, y_b, a, y_b]]) - np.tile([t.x0, t.y0], 4)
+            outs.append({"ocr": Out(Regions.from_quads(q, [0.9], [text[inside[0]: inside[-1] + 1]]))})
+        return outs
+    return infer
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=3, max_size=100), st.floats(0, 1200), st.floats(0, 1060))
+def test_a_line_anywhere_is_read_once_in_full(text, x0, y0):
+    res = detect_tiled(1920, 1080, line_reader(text, x0, y0), TilingOptions())
+    assert res.ocr.labels == (text,)
+    np.testing.assert_allclose(res.ocr.boxes[0], [x0, y0, x0 + 7.0 * len(text), min(y0 + 12, 1080)], atol=1e-6)

@@ -135,13 +135,16 @@ def greedy_groups(boxes: np.ndarray, order: np.ndarray, metric: str, threshold: 
     Returns (keep, owner): the kept indices in `order`, and for every box the kept index it
     went to (itself for a kept box): the first kept box, in `order`, that matches it.
     """
-    n = len(boxes)
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
     pairs = match_pairs(boxes, metric, threshold, groups)
     if pairs is None:
         return _survivor_loop(np.asarray(boxes, np.float64).reshape(-1, 4), order, metric, threshold, groups)
-    i, j = pairs
+    return greedy_from_pairs(len(boxes), order, *pairs)
+
+
+def greedy_from_pairs(n: int, order: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`greedy_groups` given the matching pairs (i[k], j[k]) of n items visited in `order`."""
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
     src = np.where(rank[i] < rank[j], i, j)
     dst = np.where(rank[i] < rank[j], j, i)
     state = _settle(n, src, dst, order)

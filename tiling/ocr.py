@@ -5,15 +5,16 @@ the same text line and collapse to one.  Which reading survives:
 1. a reading from a tile where the line lies whole (not `cut`) beats any cut reading; among
    whole readings the higher confidence wins;
 2. among cut readings only: where one is contained in the other (a prefix or suffix cut off
-   by a seam) the longer wins; where the end of the left one is the start of the right one
-   (a line longer than the overlap, read in two parts) they are stitched; otherwise the
-   higher confidence wins.
+   by a seam, its rectangle within the other's) the longer wins; where the end of the left
+   one is the start of the right one (a line longer than the overlap, read in two parts) they
+   are stitched, sharing as many characters as their rectangles share; otherwise the higher
+   confidence wins.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from tiling.merge import greedy_groups, rank_order
+from tiling.merge import greedy_from_pairs, greedy_groups, match_pairs, rank_order
 from tiling.regions import Regions
 
 MIN_STITCH = 2  # characters two cut parts must share to be stitched
@@ -29,7 +30,11 @@ def merge_text(regions: Regions, threshold: float = 0.5) -> Regions:
     if not regions.is_ocr:
         raise ValueError("merge_text needs OCR regions (with quads)")
     order = rank_order(regions.boxes, regions.scores, regions.cut)
-    keep, owner = greedy_groups(regions.boxes, order, "ios", threshold)
+    pairs = _line_pairs(regions, threshold)
+    if pairs is None:  # lines piled on one spot: plain IoS groups, one winner at a time
+        keep, owner = greedy_groups(regions.boxes, order, "ios", threshold)
+    else:
+        keep, owner = greedy_from_pairs(n, order, *pairs)
     merged = owner != np.arange(n)
     if not merged.any():
         return regions.take(keep)
@@ -38,6 +43,28 @@ def merge_text(regions: Regions, threshold: float = 0.5) -> Regions:
         members[int(owner[i])].append(int(i))
     parts = [_resolve(regions, members.get(int(k), [int(k)])) for k in keep]
     return Regions.concat(parts, ocr=True)
+
+
+def _line_pairs(regions: Regions, threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pairs of readings of one line: rectangles with IoS >= threshold, or two cut parts that
+    overlap along x and share most of their height (a line longer than the overlap, read in
+    two tiles, shares only the overlap band)."""
+    pairs = match_pairs(regions.boxes, "ios", threshold)
+    cut = np.flatnonzero(regions.cut)
+    near = match_pairs(regions.boxes[cut], "ios", 1e-12) if len(cut) > 1 else None
+    if pairs is None or (len(cut) > 1 and near is None):
+        return None
+    i, j = pairs
+    if near is not None:
+        ci, cj = cut[near[0]], cut[near[1]]
+        b = regions.boxes
+        iy = np.minimum(b[ci, 3], b[cj, 3]) - np.maximum(b[ci, 1], b[cj, 1])
+        h = np.minimum(b[ci, 3] - b[ci, 1], b[cj, 3] - b[cj, 1])
+        same_row = iy >= 0.5 * h
+        i, j = np.concatenate([i, ci[same_row]]), np.concatenate([j, cj[same_row]])
+        key = np.unique(np.minimum(i, j) * len(regions) + np.maximum(i, j))
+        i, j = key // len(regions), key % len(regions)
+    return i, j
 
 
 def _resolve(regions: Regions, idx: list[int]) -> Regions:
@@ -56,7 +83,7 @@ def _combine_cut(regions: Regions, idx: list[int]) -> Regions:
     first = idx[0]
     text, score, box, src = regions.labels[first], regions.scores[first], regions.boxes[first], first
     for i in idx[1:]:
-        joined = _join(text, regions.labels[i])
+        joined = _join(text, box, regions.labels[i], regions.boxes[i])
         if joined is None:  # different readings: the surer one
             if regions.scores[i] > score:
                 text, score, box, src = regions.labels[i], regions.scores[i], regions.boxes[i], i
@@ -75,19 +102,25 @@ def _combine_cut(regions: Regions, idx: list[int]) -> Regions:
     return Regions([box], [score], [text], [[x0, y0, x1, y0, x1, y1, x0, y1]], [True])
 
 
-def _join(left: str, right: str) -> str | None:
-    """`left` and `right` as one reading, or None if they read different things.
+def _join(a: str, box_a: np.ndarray, b: str, box_b: np.ndarray) -> str | None:
+    """Readings `a` (starting further left) and `b` of one line as one reading, or None.
 
-    The longer one if either contains the other (a part cut off by a seam); `left` + the
-    rest of `right` if the end of `left` is the start of `right` (at least MIN_STITCH chars)."""
-    a, b = left.strip(), right.strip()
-    if not a or not b:
-        return a or b
-    if b in a:
-        return left
-    if a in b:
-        return right
-    for k in range(min(len(a), len(b)) - 1, MIN_STITCH - 1, -1):
-        if a.endswith(b[:k]):
-            return a + b[k:]
-    return None
+    If one rectangle lies within the other (give or take a character) and its text is part of
+    the other's, the longer reading.  Else, if `b` runs on past `a`, `a` + the rest of `b`
+    where the end of `a` is the start of `b`: the shared length closest to the number of
+    characters the two rectangles share (their overlap over the character width)."""
+    if not a.strip() or not b.strip():
+        return a if a.strip() else b
+    char_w = max(((box_a[2] - box_a[0]) / len(a) + (box_b[2] - box_b[0]) / len(b)) / 2, 1e-9)
+    if box_b[0] >= box_a[0] - char_w and box_b[2] <= box_a[2] + char_w and b in a:
+        return a
+    if box_a[0] >= box_b[0] - char_w and box_a[2] <= box_b[2] + char_w and a in b:
+        return b
+    shared = (min(box_a[2], box_b[2]) - max(box_a[0], box_b[0])) / char_w
+    ks = [k for k in range(MIN_STITCH, min(len(a), len(b)) + 1) if a.endswith(b[:k])]
+    if not ks:
+        return None
+    k = min(ks, key=lambda k: (abs(k - shared), -k))
+    if abs(k - shared) > max(2.0, 0.3 * shared):
+        return None
+    return a + b[k:]
