@@ -41,8 +41,14 @@ def merge_text(regions: Regions, threshold: float = 0.5) -> Regions:
     members: dict[int, list[int]] = {int(k): [int(k)] for k in keep[np.isin(keep, owner[merged])]}
     for i in np.flatnonzero(merged):
         members[int(owner[i])].append(int(i))
-    parts = [_resolve(regions, members.get(int(k), [int(k)])) for k in keep]
-    return Regions.concat(parts, ocr=True)
+    out = regions.take(keep)  # single readings as they are; groups resolved below
+    boxes, scores, quads, cut = out.boxes.copy(), out.scores.copy(), out.quads.copy(), out.cut.copy()
+    labels = list(out.labels)
+    for slot in np.flatnonzero(np.isin(keep, list(members))):
+        one = _resolve(regions, members[int(keep[slot])])
+        boxes[slot], scores[slot], quads[slot], cut[slot] = one.boxes[0], one.scores[0], one.quads[0], one.cut[0]
+        labels[slot] = one.labels[0]
+    return Regions(boxes, scores, labels, quads, cut)
 
 
 def _line_pairs(regions: Regions, threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -68,9 +74,7 @@ def _line_pairs(regions: Regions, threshold: float) -> tuple[np.ndarray, np.ndar
 
 
 def _resolve(regions: Regions, idx: list[int]) -> Regions:
-    """One line out of readings of it (indices into `regions`)."""
-    if len(idx) == 1:
-        return regions.take(idx)
+    """One line out of several readings of it (indices into `regions`)."""
     whole = [i for i in idx if not regions.cut[i]]
     if whole:
         best = max(whole, key=lambda i: (regions.scores[i], -i))
