@@ -123,12 +123,14 @@ def render_unit(template: str, exe: Path, user: str | None) -> str:
 
 @dataclass
 class Step:
-    """One action: the shell command that does it, and (for files) a Python apply().
-    system=True: changes the live system (users, systemctl) and runs only on prefix /."""
+    """One action: the shell command that does it, and a Python apply().
+    system=True: changes the live system (users, ownership, systemctl): runs only as root
+    on prefix /; systemd=True: also needs a running systemd."""
 
     command: str
     apply: Callable[[], None] | None = None
     system: bool = False
+    systemd: bool = False
     label: str = ""  # what it did, for the log line; default: the command
 
 
@@ -207,7 +209,7 @@ def run(command: list[str], check: bool = True) -> Step:
         if check and done.returncode != 0:
             raise RuntimeFailure(f"{shlex.join(command)}: exit {done.returncode}: {done.stderr.strip()}")
 
-    return Step(shlex.join(command), apply, system=True)
+    return Step(shlex.join(command), apply, system=True, systemd=command[0] == "systemctl")
 
 
 def user_exists(name: str) -> bool:
@@ -266,10 +268,12 @@ def execute(steps: list[Step], lay: Layout, dry_run: bool) -> None:
     """Apply the steps we may apply; print the others as the exact commands to run."""
     is_root = os.geteuid() == 0
     may_write = not dry_run and (is_root or (not lay.live and os.access(lay.prefix, os.W_OK)))
-    may_system = not dry_run and is_root and lay.live and systemd_running()
+    may_system = not dry_run and is_root and lay.live
+    has_systemd = systemd_running()
     printed = []
     for step in steps:
-        if (may_system if step.system else may_write) and step.apply is not None:
+        allowed = (may_system and (has_systemd or not step.systemd)) if step.system else may_write
+        if allowed and step.apply is not None:
             step.apply()
             click.echo(f"done: {step.label or step.command}")
         else:
