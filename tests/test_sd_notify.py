@@ -1,7 +1,7 @@
 """sd_notify against a real AF_UNIX datagram socket standing in for systemd.
 
 Unit level: edge_agent.service alone.  End to end (`edge-agent run` under a fake
-NOTIFY_SOCKET): tests/test_sd_notify_run.py."""
+NOTIFY_SOCKET, a real broker and a camera that hangs): tests/test_sd_notify_run.py."""
 from __future__ import annotations
 
 import os
@@ -43,6 +43,15 @@ class FakeSystemd:
                     return m
             self.drain(0.2)
         raise AssertionError(f"{field!r} never arrived; got {[m for _, m in self.messages]}")
+
+    def wait_for_prefix(self, prefix: str, timeout: float = 10.0) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for f in self.fields():
+                if f.startswith(prefix):
+                    return f
+            self.drain(0.2)
+        raise AssertionError(f"no {prefix!r} arrived; got {[m for _, m in self.messages]}")
 
     def fields(self) -> list[str]:
         return [f for _, m in self.messages for f in m.split("\n")]
