@@ -3,6 +3,7 @@ exposure score of `systemd-analyze security` is <= 2.0, for the shipped unit and
 the units `edge-agent service install` renders."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -103,3 +104,62 @@ def test_installed_units_verify_and_score_at_most_2(tmp_path, user):
     assert exposure(unit) <= MAX_EXPOSURE
     done = verify(unit)
     assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+
+
+SANDBOXED_WORK = r'''
+import sys, socket
+sys.path.insert(0, sys.argv[1])
+import cv2, numpy as np, paho.mqtt.client as mqtt
+from models.engine import EngineOptions, Florence2Engine
+from edge_agent.service import Notifier
+from edge_agent.spool import Spool
+root, port, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+eng = Florence2Engine(EngineOptions(model_dir=root + "/tests/fixtures/tiny-florence2", variant="_int8",
+                                    max_new_tokens=8))
+img = cv2.cvtColor(cv2.imread(root + "/tests/fixtures/sample/shelf.jpg"), cv2.COLOR_BGR2RGB)
+out = eng.run([img[:768, :768]], tasks=("od", "ocr"))
+ok, frame = cv2.VideoCapture(root + "/tests/fixtures/sample/shelf.mp4").read()
+spool = Spool(state + "/spool.db")
+spool.append("t", b"x")
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+c.connect("127.0.0.1", port)
+c.loop_start()
+c.publish("sandbox/ok", b"1", qos=1).wait_for_publish(10)
+c.disconnect()
+c.loop_stop()
+Notifier().ready("sandboxed")
+try:
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)
+    print("netlink allowed")
+except OSError as e:
+    print("netlink refused:", e.strerror)
+print("engine", sorted(out[0]), "video", ok)
+'''
+
+
+@needs_analyze
+def test_the_agent_stack_works_under_the_units_syscall_rules(tmp_path, broker):
+    """Engine (onnxruntime, tiny model), OpenCV (image, video), the SQLite spool, paho to a
+    real broker and sd_notify, all under the unit's SystemCallFilter=,
+    RestrictAddressFamilies= and MemoryDenyWriteExecute= (tests/unit_sandbox.py)."""
+    from broker import Subscriber
+    from test_sd_notify import FakeSystemd
+
+    fake = FakeSystemd(str(tmp_path / "notify"))
+    sub = Subscriber(broker, "sandbox/#").start()
+    script = tmp_path / "work.py"
+    script.write_text(SANDBOXED_WORK)
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), "--",
+                           sys.executable, str(script), str(ROOT), str(broker.port), str(tmp_path)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert "engine ['ocr', 'od'] video True" in done.stdout
+        assert "netlink refused: Address family not supported by protocol" in done.stdout  # the filter is on
+        assert "pthread_setaffinity_np failed" not in done.stderr
+        sub.wait_for(lambda ms: any(m.topic == "sandbox/ok" for m in ms), timeout=10, what="sandboxed publish")
+        assert fake.wait_for("READY=1")
+    finally:
+        sub.stop()
+        fake.close()
