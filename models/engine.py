@@ -11,7 +11,6 @@ sequence (models/generate.py).  No torch is imported.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +43,7 @@ class EngineOptions:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     vision_batch: int = 4  # tiles per vision-encoder call
     encoder_batch: int = 8  # sequences per text-encoder call
+    decode_batch: int = 0  # sequences decoded together (bounds the KV-cache memory); 0: all of them
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -93,10 +93,15 @@ class Florence2Engine:
         self.opts = opts
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
-        threads = opts.intra_op_threads or int(os.environ.get("EDGE_AGENT_ORT_THREADS", "0") or 0)
-        make = lambda part: _session(self.dir.onnx_path(part), self.providers, threads)  # noqa: E731
+        make = lambda part: _session(self.dir.onnx_path(part), self.providers, opts.intra_op_threads)  # noqa: E731
         self.vision, self.embed, self.encoder = make("vision_encoder"), make("embed_tokens"), make("encoder_model")
-        self.runner = DecoderRunner(self.embed, make("decoder_model_merged"))
+        tc = self.dir.text_config()
+        heads = tc.get("decoder_attention_heads")
+        head_dim = tc["d_model"] // heads if heads and tc.get("d_model") else None
+        try:
+            self.runner = DecoderRunner(self.embed, make("decoder_model_merged"), heads, head_dim)
+        except ValueError as exc:
+            raise ModelError(f"{self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
         self.tokenizer = self.dir.load_tokenizer()
         self.pre_cfg = PreprocessConfig.from_dir(self.dir.path)
         self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
@@ -147,7 +152,11 @@ class Florence2Engine:
 
     def generate_rows(self, hidden: np.ndarray, mask: np.ndarray) -> list[Generated]:
         hidden = hidden.astype(_input_dtype(self.runner.dec, "encoder_hidden_states"), copy=False)
-        return generate(self.runner, hidden, mask, self.settings)
+        step = self.opts.decode_batch or len(hidden)
+        out: list[Generated] = []
+        for i in range(0, len(hidden), step):
+            out += generate(self.runner, hidden[i:i + step], mask[i:i + step], self.settings)
+        return out
 
     # -- the API --------------------------------------------------------------------
     def run(self, tiles: Sequence[np.ndarray], tasks: Sequence[str] = TASKS) -> list[dict[str, TaskOutput]]:

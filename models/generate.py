@@ -31,7 +31,8 @@ class Generated:
 class DecoderRunner:
     """Runs embed_tokens + decoder_model_merged sessions with explicit numpy caches."""
 
-    def __init__(self, embed_session, decoder_session):
+    def __init__(self, embed_session, decoder_session, heads: int | None = None, head_dim: int | None = None):
+        """heads/head_dim: from config.json, used when the graph's past inputs leave them symbolic."""
         self.embed = embed_session
         self.dec = decoder_session
         self.outputs = [o.name for o in decoder_session.get_outputs()]
@@ -40,7 +41,10 @@ class DecoderRunner:
         self.past_names = [f"past_key_values.{i}.{p}.{kv}" for i in range(self.num_layers)
                            for p in ("decoder", "encoder") for kv in ("key", "value")]
         shape = past[0].shape
-        self.heads, self.head_dim = shape[1], shape[3]
+        self.heads = shape[1] if isinstance(shape[1], int) else heads
+        self.head_dim = shape[3] if isinstance(shape[3], int) else head_dim
+        if not (isinstance(self.heads, int) and isinstance(self.head_dim, int)):
+            raise ValueError("decoder_model_merged: past_key_values shapes are symbolic and no head count was given")
         self.kv_dtype = np.float16 if "float16" in past[0].type else np.float32
         emb_type = decoder_session.get_inputs()[0].type
         self.embed_dtype = np.float16 if "float16" in emb_type else np.float32

@@ -170,6 +170,14 @@ def test_saturation_reported_with_small_budget(tiles):
     assert any(not o[t].saturated for o in full for t in o)  # those ended with a real EOS
 
 
+def test_decode_batch_chunks_give_the_same_ids(tiles):
+    eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=3, max_new_tokens=MAX_NEW,
+                                        decode_batch=2, vision_batch=2, encoder_batch=3))
+    chunked = eng.run(tiles, ("od", "ocr"))
+    whole = engine_run(tiles, 3)
+    assert [{t: o[t].token_ids for t in o} for o in chunked] == [{t: o[t].token_ids for t in o} for o in whole]
+
+
 def test_padding_does_not_change_the_result(tiles):
     eng = engine(1)
     feats = eng.image_features(preprocess(tiles[:1], eng.pre_cfg))
@@ -194,3 +202,31 @@ def test_int8_variant_generates(tiles):
         ids = o["od"].token_ids
         assert ids[:2] == (2, 0) and 2 < len(ids) <= 13
         assert isinstance(o["od"].raw, str)
+
+
+NO_TORCH = """
+import importlib.abc, importlib.util, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(name + " (blocked)")
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda n, p=None: None if n.split(".")[0] in ("torch", "torchvision") else _find_spec(n, p)
+sys.meta_path.insert(0, Block())
+import numpy as np
+from models.engine import EngineOptions, Florence2Engine
+eng = Florence2Engine(EngineOptions(model_dir=sys.argv[1], num_beams=3, max_new_tokens=8))
+out = eng.run([np.zeros((100, 200, 3), np.uint8)], ("od", "ocr"))
+assert set(out[0]) == {"od", "ocr"} and out[0]["od"].token_ids[:2] == (2, 0)
+assert "torch" not in sys.modules
+print("ok without torch")
+"""
+
+
+def test_engine_runs_without_torch():
+    """The run time (the Pi, the Jetson) has no torch: the engine must not need it."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, str(TINY)], capture_output=True, text=True,
+                       cwd=str(TINY.parents[2]), timeout=300)
+    assert r.returncode == 0 and "ok without torch" in r.stdout, r.stderr[-2000:]
