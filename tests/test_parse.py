@@ -216,3 +216,29 @@ def test_confidence_counts_every_token_of_a_split_character():
     r = parse_task("ocr", ids, probs, tokenizer())
     assert r.labels == ("日本",)
     assert r.scores[0] == pytest.approx(gmean([0.1, 0.2, 0.3, 0.4] + [1.0] * 8))
+
+
+class SlowTokenizer:
+    """A tokenizer without a Rust backend: the parser decodes token by token, as the
+    reference's `decode_with_spans` does."""
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.all_special_tokens = tok.all_special_tokens
+
+    def __len__(self):
+        return len(self._tok)
+
+    def convert_ids_to_tokens(self, ids):
+        return self._tok.convert_ids_to_tokens(ids)
+
+    def convert_tokens_to_string(self, tokens):
+        return self._tok.convert_tokens_to_string(tokens)
+
+
+@pytest.mark.parametrize("text", OD_CORPUS[:4] + OD_CORPUS[10:])
+def test_per_token_fallback_for_tokenizers_without_backend(text):
+    ids = ids_of(text)
+    fast = parse_task("od", ids, None, tokenizer(), image_size=(640, 480))
+    slow = parse_task("od", ids, None, SlowTokenizer(tokenizer()), image_size=(640, 480))
+    assert slow.labels == fast.labels and np.array_equal(slow.boxes, fast.boxes)
