@@ -107,6 +107,10 @@ class Florence2Engine:
         self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
                                                     max_new_tokens=opts.max_new_tokens)
         self._prompt_cache: dict[str, np.ndarray] = {}
+        limit = tc.get("max_position_embeddings")
+        if isinstance(limit, int) and self.settings.max_new_tokens > limit:
+            raise ConfigError(f"max_new_tokens={self.settings.max_new_tokens} exceeds the decoder's "
+                              f"max_position_embeddings={limit} ({self.dir.path / 'config.json'})")
 
     @property
     def info(self) -> dict:

@@ -71,3 +71,18 @@ def test_forced_and_min_length_processors():
     assert np.isneginf(early[0, 2]) and early[0, 3] == 0  # EOS banned before min_new_tokens
     last = process_scores(scores, np.array([[2, 0, 3, 4]]), s)  # cur_len == max_length - 1
     assert last[0, 2] == 0 and np.isneginf(np.delete(last[0], 2)).all()
+
+
+def test_engine_rejects_budget_beyond_decoder_positions():
+    from models.engine import EngineOptions, Florence2Engine
+
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        Florence2Engine(EngineOptions(model_dir=TINY, max_new_tokens=5000))
+
+
+def test_unknown_provider_is_config_error_and_missing_ones_are_skipped():
+    from models.engine import resolve_providers
+
+    assert resolve_providers(("cuda", "cpu"))[-1] == "CPUExecutionProvider"
+    with pytest.raises(ConfigError, match="gpu-please"):
+        resolve_providers(("gpu-please",))
