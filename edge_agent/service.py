@@ -22,13 +22,16 @@ but only while that time is younger than the stall limit.  A camera read or an e
 call that never returns stops the frames, so the pings stop, and systemd kills and
 restarts the agent at most stall limit + WatchdogSec after the last completed frame.
 
-The stall limit is ``max(WatchdogSec, 3 * frame_interval)`` unless given.  READY counts as
-progress, so the first frame has the same allowance.  When no watchdog is configured
+The stall limit is ``max(WatchdogSec, 3 * frame_interval)`` unless given, raised to 3x the
+slowest of the last 20 gaps between completed frames, so a slow device is not restarted
+for being slow.  READY counts as progress, so the first frame has the base allowance:
+WatchdogSec= must exceed the time to the first completed frame.  When no watchdog is configured
 (WATCHDOG_USEC unset or meant for another PID) no thread runs; when NOTIFY_SOCKET is
 unset every call is a no-op.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -39,7 +42,8 @@ from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
-STALL_FRAMES = 3  # frames of the configured interval that may be missed before stalling
+STALL_FRAMES = 3  # frame intervals (or slowest recent frames) without progress = stalled
+GAP_WINDOW = 20  # recent gaps between completed frames that can raise the stall limit
 
 
 def notify_address(env: Mapping[str, str] | None = None) -> str | bytes | None:
@@ -70,29 +74,48 @@ def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
 
 
 class Heartbeat:
-    """Sends `ping()` every `period` seconds while `progress()` was called within
-    `stall_after` seconds.  When progress stops it sends one `on_stall(age)` and goes
-    quiet until progress resumes."""
+    """Sends `ping()` every `period` seconds while `progress()` was called recently
+    enough.  When progress stops it sends one `on_stall(age)` and goes quiet until
+    progress resumes.
+
+    "Recently enough" is `stall_after`, raised to STALL_FRAMES times the slowest of the
+    last GAP_WINDOW gaps between progress calls: a device whose frames take 3 minutes
+    does not get restarted for being slow, only for stopping.  A wedged camera or engine
+    never completes a frame, so no gap can grow the limit while it hangs."""
 
     def __init__(self, ping: Callable[[], None], period: float, stall_after: float,
                  on_stall: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.period, self.stall_after = period, stall_after
+        self.period, self.base_stall_after = period, stall_after
         self._ping, self._on_stall, self._clock = ping, on_stall, clock
         self._last = clock()
+        self._gaps: collections.deque[float] = collections.deque(maxlen=GAP_WINDOW)
         self._stalled = False
+        self._counting = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def stall_after(self) -> float:
+        return max([self.base_stall_after, *(STALL_FRAMES * g for g in self._gaps)])
+
     def progress(self) -> None:
-        self._last = self._clock()
+        now = self._clock()
+        if self._counting:  # gaps count from READY on
+            self._gaps.append(now - self._last)
+        self._last = now
 
     def age(self) -> float:
         return self._clock() - self._last
 
+    def reset(self) -> None:
+        """READY: progress starts counting now."""
+        self._last = self._clock()
+        self._counting = True
+
     def start(self) -> None:
         if self._thread is None:
-            self.progress()
+            self.reset()
             self._thread = threading.Thread(target=self._run, name="edge-agent-watchdog", daemon=True)
             self._thread.start()
 

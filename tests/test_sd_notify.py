@@ -163,7 +163,7 @@ def test_watchdog_pings_while_frames_progress_and_stop_when_they_stall(systemd_p
 def test_stall_limit_is_derived_from_the_frame_interval(systemd_path):
     _, address = systemd_path
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "10000000"}
-    assert Notifier(env=env).heartbeat.stall_after == 10.0          # at least WatchdogSec
+    assert Notifier(env=env).heartbeat.stall_after == 10.0          # at least WatchdogSec (before any frame)
     assert Notifier(frame_interval=60, env=env).heartbeat.stall_after == 180.0
     assert Notifier(frame_interval=60, env=env).heartbeat.period == 5.0
     assert Notifier(env={"NOTIFY_SOCKET": address}).heartbeat is None  # no watchdog configured
@@ -187,6 +187,30 @@ def test_heartbeat_gate_with_a_fake_clock():
     now[0] = 201.0
     hb.tick()
     assert pings[-1] == 201.0
+
+
+def test_slow_frames_raise_the_stall_limit_a_hang_does_not():
+    now = [0.0]
+    pings, stalls = [], []
+    hb = Heartbeat(lambda: pings.append(now[0]), period=1.0, stall_after=10.0,
+                   on_stall=stalls.append, clock=lambda: now[0])
+    hb.reset()                           # READY at t=0
+    for t in (8.0, 16.0, 24.0):          # frames every 8 s: limit stays 3 x 8 = 24 s
+        now[0] = t
+        hb.progress()
+    assert hb.stall_after == 24.0
+    now[0] = 44.0                        # a slow 20 s frame is still progress...
+    hb.tick()
+    assert pings == [44.0]
+    hb.progress()
+    assert hb.stall_after == 60.0        # ...and the device is now allowed 3 x 20 s
+    now[0] = 104.0                       # then it hangs: 60 s with no frame
+    hb.tick()
+    assert pings == [44.0, 104.0]
+    now[0] = 104.5
+    hb.tick()
+    assert pings == [44.0, 104.0] and stalls == [60.5]
+    assert hb.stall_after == 60.0        # hanging never raises the limit
 
 
 def test_sigterm_sends_stopping_and_sets_the_event(systemd_path):
