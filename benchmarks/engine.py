@@ -109,8 +109,7 @@ def child_ort(args) -> dict:
 
     n = args.new_tokens
     eng = Florence2Engine(EngineOptions(model_dir=model_dir(args), variant=args.variant, num_beams=1,
-                                        max_new_tokens=n, intra_op_threads=args.threads, vision_batch=args.tiles,
-                                        encoder_batch=args.tiles))
+                                        max_new_tokens=n, intra_op_threads=args.threads))
     forced = eng.settings.with_overrides(min_new_tokens=n, num_beams=1)
     tiles = synthetic_tiles(args.tiles)
     pixels = preprocess(tiles, eng.pre_cfg)
