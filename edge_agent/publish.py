@@ -414,6 +414,9 @@ class MqttPublisher:
             if self._stopping:
                 return True
             hello, self._hello_due = self._hello_due, False
+        if time.monotonic() >= self._next_expire:  # the age bound also applies while offline
+            self._next_expire = time.monotonic() + 60.0
+            self.spool.expire()
         if not self._client.is_connected():
             return False
         if hello:
@@ -422,9 +425,6 @@ class MqttPublisher:
                 self._dirty.update(acked)
         self._send_retained()
         self._pump()
-        if time.monotonic() >= self._next_expire:
-            self._next_expire = time.monotonic() + 60.0
-            self.spool.expire()
         return False
 
     def _collect_acks(self) -> None:
