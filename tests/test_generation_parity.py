@@ -124,6 +124,23 @@ def test_token_ids_equal_transformers(model, tiles, num_beams):
             assert len(outs[i][task].token_ids) == len(got)
 
 
+@pytest.mark.parametrize("early_stopping,length_penalty", [(False, 2.0), ("never", 0.5)])
+def test_beam_search_variants_equal_transformers(model, tiles, early_stopping, length_penalty):
+    """The other early-stopping heuristics and length penalties of transformers' beam search."""
+    eng = engine(3)
+    s = eng.settings.with_overrides(early_stopping=early_stopping, length_penalty=length_penalty,
+                                    max_new_tokens=20)
+    feats = eng.image_features(preprocess(tiles, eng.pre_cfg))
+    hidden, mask = eng.encode(feats, ("od",))
+    got = [g.ids for g in generate(eng.runner, hidden, mask, s)]
+    px = torch.from_numpy(preprocess(tiles, eng.pre_cfg))
+    ids = torch.tensor([eng.prompt_ids("od")] * len(tiles))
+    inputs = torch.cat([torch.full((len(tiles), 577), IMAGE_TOKEN), ids], 1)
+    with torch.no_grad():
+        ref = model.generate(input_ids=inputs, pixel_values=px, **s.to_transformers())
+    assert got == [_trim(r.tolist(), 2, s.pad_token_id) for r in ref]
+
+
 def test_greedy_probabilities_are_the_processed_scores(model, tiles):
     eng = engine(1)
     outs = engine_run(tiles, 1)
