@@ -23,6 +23,7 @@ from edge_agent.errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 OPSET = 17
+EXTERNAL_DATA_BYTES = 1_900_000_000  # protobuf cannot hold 2 GB: larger graphs keep weights beside them
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json",
                    "special_tokens_map.json", "added_tokens.json", "SOURCES.md")
@@ -203,8 +204,20 @@ def export_decoder(model, out: Path, tmp: Path) -> None:
             {**common, **_kv_axes(past_names, past=True), **_kv_axes(present_dec, past=False)})
     merged = merge_decoders(onnx.load(str(tmp / "decoder_first.onnx")),
                             onnx.load(str(tmp / "decoder_with_past.onnx")), n)
-    onnx.checker.check_model(merged)
-    onnx.save(merged, str(out / "decoder_model_merged.onnx"))
+    save_onnx(merged, out / "decoder_model_merged.onnx")
+
+
+def save_onnx(model, path: Path) -> None:
+    """Check and save; weights go to an external `<name>_data` file past protobuf's 2 GB limit."""
+    import onnx
+
+    if model.ByteSize() < EXTERNAL_DATA_BYTES:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+        return
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + "_data")
+    onnx.checker.check_model(str(path))
 
 
 def write_json(path: Path, data: dict) -> None:

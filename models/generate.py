@@ -46,7 +46,7 @@ class DecoderRunner:
         if not (isinstance(self.heads, int) and isinstance(self.head_dim, int)):
             raise ValueError("decoder_model_merged: past_key_values shapes are symbolic and no head count was given")
         self.kv_dtype = np.float16 if "float16" in past[0].type else np.float32
-        emb_type = decoder_session.get_inputs()[0].type
+        emb_type = next(i.type for i in decoder_session.get_inputs() if i.name == "inputs_embeds")
         self.embed_dtype = np.float16 if "float16" in emb_type else np.float32
 
     def embed_ids(self, ids: np.ndarray) -> np.ndarray:

@@ -133,3 +133,19 @@ def test_missing_checkpoint_is_model_error(tmp_path: Path):
 
     with pytest.raises(ModelError, match="config.json"):
         export_from_checkpoint(tmp_path, tmp_path / "out")
+
+
+def test_big_merged_decoder_goes_to_external_data(tmp_path: Path, model, monkeypatch):
+    import models.export as exp
+
+    monkeypatch.setattr(exp, "EXTERNAL_DATA_BYTES", 0)
+    (tmp_path / "tmp").mkdir()
+    exp.export_decoder(model, tmp_path, tmp_path / "tmp")
+    assert (tmp_path / "decoder_model_merged.onnx_data").is_file()
+    assert (tmp_path / "decoder_model_merged.onnx").stat().st_size < 1_000_000
+    big = ort.InferenceSession(str(tmp_path / "decoder_model_merged.onnx"))
+    enc = np.random.default_rng(0).standard_normal((1, 5, 24)).astype(np.float32)
+    feeds = _decoder_feeds({"embed_tokens": _session("embed_tokens"), "decoder_model_merged": big},
+                           enc, np.ones((1, 5), np.int64), 2)
+    ref = _session("decoder_model_merged").run(["logits"], feeds)[0]
+    np.testing.assert_allclose(big.run(["logits"], feeds)[0], ref, atol=1e-5)
