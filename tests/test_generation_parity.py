@@ -155,8 +155,6 @@ def test_greedy_probabilities_are_the_processed_scores(model, tiles):
 
 def _probs(eng, tiles, i, task):
     """Probabilities as the engine records them (re-generated for one tile)."""
-    from models.generate import Generated  # noqa: F401
-
     feats = eng.image_features(preprocess([tiles[i]], eng.pre_cfg))
     hidden, mask = eng.encode(feats, (task,))
     return generate(eng.runner, hidden, mask, eng.settings)[0].probs
