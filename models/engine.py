@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -162,16 +162,26 @@ class Florence2Engine:
                   for i in range(0, len(x), step)]
         return np.concatenate(hidden), mask
 
-    def generate_rows(self, hidden: np.ndarray, mask: np.ndarray) -> list[Generated]:
+    def generate_rows(self, hidden: np.ndarray, mask: np.ndarray,
+                      rows: Sequence[GenerationSettings] | None = None) -> list[Generated]:
+        """rows: settings per row (default: self.settings for all); greedy rows share each decoder call."""
         hidden = hidden.astype(_input_dtype(self.runner.dec, "encoder_hidden_states"), copy=False)
+        rows = list(rows) if rows is not None else [self.settings] * len(hidden)
         step = self.opts.decode_batch or len(hidden)
         out: list[Generated] = []
         for i in range(0, len(hidden), step):
-            out += generate(self.runner, hidden[i:i + step], mask[i:i + step], self.settings)
+            out += generate(self.runner, hidden[i:i + step], mask[i:i + step], self.settings, rows[i:i + step])
         return out
 
+    def task_settings(self, overrides: Mapping[str, GenerationSettings] | None, tasks: Sequence[str]):
+        """Settings per task: self.settings unless overridden (e.g. a token budget per task)."""
+        overrides = overrides or {}
+        return [overrides.get(t, self.settings) for t in tasks]
+
     # -- the API --------------------------------------------------------------------
-    def run(self, tiles: Sequence[np.ndarray], tasks: Sequence[str] = TASKS) -> list[dict[str, TaskOutput]]:
+    def run(self, tiles: Sequence[np.ndarray], tasks: Sequence[str] = TASKS,
+            settings: Mapping[str, GenerationSettings] | None = None) -> list[dict[str, TaskOutput]]:
+        """settings: optional GenerationSettings per task (default: the engine's for every task)."""
         from models.preprocess import preprocess
 
         tasks = tuple(tasks)
@@ -183,7 +193,7 @@ class Florence2Engine:
         try:
             feats = self.image_features(preprocess(list(tiles), self.pre_cfg))
             hidden, mask = self.encode(feats, tasks)
-            seqs = self.generate_rows(hidden, mask)
+            seqs = self.generate_rows(hidden, mask, self.task_settings(settings, tasks) * len(tiles))
         except (ConfigError, ModelError):
             raise
         except Exception as exc:  # onnxruntime failures at run time

@@ -13,6 +13,7 @@ outputs are ignored, so graphs that return empty tensors there work too).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -99,34 +100,70 @@ class _Batch:
 
 
 def generate(runner: DecoderRunner, enc_hidden: np.ndarray, enc_mask: np.ndarray,
-             settings: GenerationSettings) -> list[Generated]:
-    """One sequence per row of enc_hidden [N, S, D] / enc_mask [N, S]."""
+             settings: GenerationSettings, row_settings: Sequence[GenerationSettings] | None = None
+             ) -> list[Generated]:
+    """One sequence per row of enc_hidden [N, S, D] / enc_mask [N, S].
+
+    row_settings: optional settings per row (e.g. a token budget per task).  Greedy rows with
+    different settings still share every decoder call; beam search runs one group per setting."""
     if len(enc_hidden) == 0:
         return []
-    if settings.num_beams > 1:
-        return _beam_search(runner, enc_hidden, enc_mask, settings)
-    return _greedy(runner, enc_hidden, enc_mask, settings)
+    rows = list(row_settings) if row_settings is not None else [settings] * len(enc_hidden)
+    if len(rows) != len(enc_hidden):
+        raise ValueError(f"row_settings: {len(rows)} settings for {len(enc_hidden)} rows")
+    if any(r.decoder_start_token_id != rows[0].decoder_start_token_id for r in rows):
+        raise ValueError("row_settings: all rows must share decoder_start_token_id")
+    if all(r.num_beams == 1 for r in rows):
+        return _greedy(runner, enc_hidden, enc_mask, rows)
+    out: list[Generated | None] = [None] * len(rows)
+    for group in _groups(rows):
+        s = rows[group[0]]
+        fn = _beam_search if s.num_beams > 1 else (lambda r, h, m, st: _greedy(r, h, m, [st] * len(h)))
+        for i, g in zip(group, fn(runner, enc_hidden[group], enc_mask[group], s)):
+            out[i] = g
+    return out
 
 
-def _greedy(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Generated]:
+def _groups(rows: Sequence[GenerationSettings]) -> list[np.ndarray]:
+    """Row indices grouped by equal settings, in order of first appearance."""
+    keys: dict = {}
+    for i, r in enumerate(rows):
+        keys.setdefault(r, []).append(i)
+    return [np.asarray(v) for v in keys.values()]
+
+
+def _process_rows(logits: np.ndarray, seqs: np.ndarray, rows: list[GenerationSettings]) -> np.ndarray:
+    groups = _groups(rows)
+    if len(groups) == 1:
+        return process_scores(logits, seqs, rows[0])
+    out = np.empty_like(logits)
+    for g in groups:
+        out[g] = process_scores(logits[g], seqs[g], rows[g[0]])
+    return out
+
+
+def _greedy(runner, enc_hidden, enc_mask, rows: list[GenerationSettings]) -> list[Generated]:
     n = len(enc_hidden)
-    seqs = np.full((n, 1), s.decoder_start_token_id, np.int64)
+    seqs = np.full((n, 1), rows[0].decoder_start_token_id, np.int64)
     probs = [[1.0] for _ in range(n)]
     results: list[Generated | None] = [None] * n
     active = np.arange(n)  # original index of each batch row
+    max_len = np.asarray([r.max_length for r in rows])
     logits, dec_kv, enc_kv = runner.first(seqs[:, 0], enc_hidden, enc_mask)
     batch = _Batch(enc_mask, enc_kv)
     while True:
-        scores = process_scores(logits, seqs, s)
+        act_rows = [rows[i] for i in active]
+        scores = _process_rows(logits, seqs, act_rows)
         tokens = np.argmax(scores, axis=1)
         p = softmax(scores)[np.arange(len(tokens)), tokens]
         seqs = np.concatenate([seqs, tokens[:, None]], axis=1)
         for r, i in enumerate(active):
             probs[i].append(float(p[r]))
-        done = np.isin(tokens, s.eos_token_ids) | (seqs.shape[1] >= s.max_length)
+        eos = np.asarray([t in r.eos_token_ids for t, r in zip(tokens.tolist(), act_rows)], bool)
+        done = eos | (seqs.shape[1] >= max_len[active])
         for r in np.flatnonzero(done):
             i = active[r]
-            results[i] = Generated(seqs[r].tolist(), probs[i], seqs.shape[1] - 1 >= s.max_new_tokens)
+            results[i] = Generated(seqs[r].tolist(), probs[i], seqs.shape[1] - 1 >= rows[i].max_new_tokens)
         if done.all():
             return results
         if done.any():

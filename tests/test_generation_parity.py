@@ -245,3 +245,21 @@ def test_engine_runs_without_torch():
     r = subprocess.run([sys.executable, "-c", NO_TORCH, str(TINY)], capture_output=True, text=True,
                        cwd=str(TINY.parents[2]), timeout=300)
     assert r.returncode == 0 and "ok without torch" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_per_task_settings_equal_separate_runs(tiles, num_beams):
+    """A token budget per task (od forced to 12 tokens, ocr up to 6) in one batched run gives the
+    ids of separate runs with those settings; greedy rows of both tasks share each decoder call."""
+    eng = engine(num_beams)
+    od = eng.settings.with_overrides(max_new_tokens=12, min_new_tokens=12)
+    ocr = eng.settings.with_overrides(max_new_tokens=6)
+    mixed = eng.run(tiles, ("od", "ocr"), settings={"od": od, "ocr": ocr})
+    for task, s in (("od", od), ("ocr", ocr)):
+        e = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=num_beams,
+                                          max_new_tokens=s.max_new_tokens))
+        e.settings = s
+        alone = e.run(tiles, (task,))
+        assert [o[task].token_ids for o in mixed] == [o[task].token_ids for o in alone]
+    assert all(len(o["od"].token_ids) == 13 for o in mixed)
+    assert all(len(o["ocr"].token_ids) <= 7 for o in mixed)
