@@ -1,0 +1,276 @@
+"""The dense-1080p frame: edge-agent's ONNX engine against transformers' PyTorch recipe.
+
+    python benchmarks/frame.py                  # full: 6 tiles, <OD> 512 + <OCR_WITH_REGION> 256 forced
+    python benchmarks/frame.py --quick          # 2 tiles, 32 + 16 tokens: checks the script runs
+    python benchmarks/frame.py --ref-tiles 2    # reference measured on 2 tiles, scaled to 6 (labelled)
+
+Frame: tests/fixtures/sample/shelf.jpg scaled to 1920x1080 (edge_agent.bench.synthetic_shelf if
+OpenCV is missing), tiles from tiling.plan.plan_tiles at 768.  Model: Florence-2 base
+architecture, random weights (seed 0), exported once and quantized to int8 under --workdir
+(benchmarks/engine.py's preparation).  Every contender runs in its own process (peak RSS is
+its own); edge-agent processes cannot import torch, as on the device.
+
+Reference: transformers' `generate` per tile and per task (the seeds' recipe: vision, encoder
+and decode for every call), fp32, same weights, same greedy forced lengths.
+Edge-agent: models.engine as `edge-agent run` uses it (edge_agent/bench.py): vision once per
+tile, both tasks' prompts encoded, one batched decode of all 12 sequences.
+
+Prints the stage table, the decode ms/step of 6 <OD> rows alone (the issue's decode goal),
+int8-vs-fp32 agreement, and last `dense1080p_speedup_vs_transformers: X.Xx` (reference frame
+time / best edge-agent variant's frame time).  Not a test: run it on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from edge_agent.bench import DENSE_1080P, QUICK, FrameWorkload, format_table, peak_rss_mb  # noqa: E402
+
+SHELF = ROOT / "tests" / "fixtures" / "sample" / "shelf.jpg"
+# name -> (model variant suffix, extra EngineOptions)
+VARIANTS = {
+    "fp32": ("", {}),
+    "int8": ("_int8", {}),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="/tmp/perf", help="where the exported model is cached")
+    p.add_argument("--arch", default="base", choices=("tiny", "base", "large"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default="fp32,int8", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--ref-tiles", type=int, default=0,
+                   help="measure the reference on this many tiles and scale to the frame (0: all tiles)")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--no-decode-probe", action="store_true", help="skip the 6-row <OD> decode measurement")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="2 tiles, 32 + 16 tokens")
+    p.add_argument("--child", choices=("prepare", "edge", "hf"), help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="int8", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for v in args.variants.split(","):
+        if v not in VARIANTS:
+            p.error(f"--variants: unknown variant {v!r}; expected one of {', '.join(VARIANTS)}")
+    return args
+
+
+def workload(args) -> FrameWorkload:
+    return QUICK if args.quick else DENSE_1080P
+
+
+def model_dir(args) -> Path:
+    return Path(args.workdir) / f"florence2-{args.arch}-seed{args.seed}"
+
+
+def load_frame(work: FrameWorkload) -> np.ndarray:
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is not None and SHELF.is_file():
+        bgr = cv2.resize(cv2.imread(str(SHELF)), (work.width, work.height), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+    from edge_agent.bench import synthetic_shelf
+
+    return synthetic_shelf(work.width, work.height)
+
+
+# -- children ----------------------------------------------------------------------------
+def child_prepare(args) -> dict:
+    import engine as engine_bench  # benchmarks/engine.py
+
+    return engine_bench.child_prepare(argparse.Namespace(workdir=args.workdir, arch=args.arch, seed=args.seed))
+
+
+def child_edge(args) -> dict:
+    import engine as engine_bench
+
+    engine_bench.block_torch()
+    from edge_agent.bench import measure_decode, measure_engine, warm_up
+    from models.engine import EngineOptions, Florence2Engine
+
+    work = workload(args)
+    suffix, extra = VARIANTS[args.variant]
+    t = time.perf_counter()
+    eng = Florence2Engine(EngineOptions(model_dir=model_dir(args), variant=suffix, num_beams=1,
+                                        max_new_tokens=max(work.od_tokens, work.ocr_tokens),
+                                        intra_op_threads=args.threads, **extra))
+    load_s = time.perf_counter() - t
+    frame = load_frame(work)
+    warm_up(eng, frame)
+    quiet = lambda msg: None  # noqa: E731
+    res = measure_engine(eng, frame, work, progress=quiet)
+    res["load_s"] = load_s
+    if not args.no_decode_probe:
+        res["decode_b6_ms_step"] = measure_decode(eng, frame, work, progress=quiet)
+    res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
+def child_hf(args) -> dict:
+    import torch
+
+    from edge_agent.bench import frame_tiles
+    from models.export import random_model
+    from models.generation import GenerationSettings
+    from models.modeldir import open_model_dir
+    from models.preprocess import PreprocessConfig, preprocess
+    from models.prompts import prompt_for
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = workload(args)
+    mdir = model_dir(args)
+    model = random_model(args.arch, args.seed)
+    tok = open_model_dir(mdir, "").load_tokenizer()
+    tiles = frame_tiles(load_frame(work), work)
+    n_tiles = args.ref_tiles or len(tiles)
+    px = torch.from_numpy(preprocess(tiles[:n_tiles], PreprocessConfig.from_dir(mdir)))
+    image_token = model.config.image_token_id
+    res = {"token_ids": [], "generate_s": {"od": 0.0, "ocr": 0.0}}
+    with torch.inference_mode():
+        model.get_image_features(px[:1])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(n_tiles):
+            for task, n in (("od", work.od_tokens), ("ocr", work.ocr_tokens)):
+                kw = GenerationSettings.from_dir(mdir, num_beams=1, max_new_tokens=n, min_new_tokens=n).to_transformers()
+                ids = tok(prompt_for(task))["input_ids"]
+                input_ids = torch.tensor([[image_token] * 577 + list(ids)])
+                t = time.perf_counter()
+                out = model.generate(input_ids=input_ids, pixel_values=px[i:i + 1], **kw)
+                res["generate_s"][task] += time.perf_counter() - t
+                assert out.shape[1] == n + 1, out.shape
+                res["token_ids"].append(out[0].tolist())
+        measured = time.perf_counter() - t0
+    res["measured_tiles"] = n_tiles
+    res["frame_s"] = measured * len(tiles) / n_tiles
+    res["extrapolated"] = n_tiles != len(tiles)
+    res["decode_ms_step"] = None
+    res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
+# -- parent ------------------------------------------------------------------------------
+def run_child(args, mode: str, variant: str = "int8") -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--variant", variant, "--workdir", args.workdir,
+           "--arch", args.arch, "--seed", str(args.seed), "--threads", str(args.threads),
+           "--ref-tiles", str(args.ref_tiles)]
+    cmd += ["--quick"] * args.quick + ["--no-decode-probe"] * args.no_decode_probe
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"benchmark child {mode} {variant} failed (exit {proc.returncode})")
+    print(f"  [{mode} {variant if mode == 'edge' else ''}] done in {time.perf_counter() - t:.0f} s",
+          file=sys.stderr, flush=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
+    """(share of equal tokens position by position, mean length of the common prefix / length)."""
+    same = total = prefix = 0.0
+    for x, y in zip(a, b):
+        n = min(len(x), len(y))
+        eq = np.asarray(x[:n]) == np.asarray(y[:n])
+        same, total = same + eq.sum(), total + max(len(x), len(y))
+        prefix += (n if eq.all() else int(np.argmin(eq))) / max(len(x), len(y))
+    return same / max(total, 1), prefix / max(len(a), 1)
+
+
+def box_iou(a: list, b: list) -> tuple[float, int, int]:
+    """Mean IoU of greedily matched boxes (best IoU first), and the two box counts."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return (1.0 if len(a) == len(b) else 0.0), len(a), len(b)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda z: np.prod(np.clip(z[:, 2:] - z[:, :2], 0, None), axis=1)  # noqa: E731
+    iou = inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    matched = []
+    while iou.size and iou.max() > 0:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        matched.append(iou[i, j])
+        iou[i, :], iou[:, j] = -1, -1
+    return float(np.sum(matched) / max(len(a), len(b))), len(a), len(b)
+
+
+def report_agreement(rows: dict, ref: dict | None) -> None:
+    if "fp32" in rows:
+        base = rows["fp32"]
+        for name, r in rows.items():
+            if name == "fp32":
+                continue
+            tok, prefix = agreement(r["token_ids"], base["token_ids"])
+            ious = [box_iou(x, y) for x, y in zip(r["od_boxes"], base["od_boxes"])]
+            print(f"agreement {name} vs fp32: tokens equal {100 * tok:.1f}%, common prefix {100 * prefix:.1f}% "
+                  f"of length; <OD> boxes {sum(i[1] for i in ious)} vs {sum(i[2] for i in ious)}, "
+                  f"matched mean IoU {np.mean([i[0] for i in ious]):.3f}")
+    if ref is not None and "fp32" in rows:
+        n = len(ref["token_ids"])
+        tok, prefix = agreement(rows["fp32"]["token_ids"][:n], ref["token_ids"])
+        print(f"agreement fp32 vs transformers ({n} sequences): tokens equal {100 * tok:.1f}%, "
+              f"common prefix {100 * prefix:.1f}% of length")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        fn = {"prepare": child_prepare, "edge": child_edge, "hf": child_hf}[args.child]
+        print(json.dumps(fn(args)))
+        return
+    import engine as engine_bench
+
+    work = workload(args)
+    print(f"machine: {engine_bench.machine()}; load average at start {load_average()}")
+    t = time.perf_counter()
+    run_child(args, "prepare")
+    print(f"model: Florence-2 {args.arch} architecture, random weights (seed {args.seed}), {model_dir(args)} "
+          f"(prepared in {time.perf_counter() - t:.0f} s)")
+    print(f"workload: {work.describe()}; threads {args.threads or 'default'}")
+    rows = {v: run_child(args, "edge", v) for v in args.variants.split(",")}
+    ref = None if args.skip_reference else run_child(args, "hf")
+    table = {}
+    if ref is not None:
+        label = "transformers fp32" + (f" (extrapolated from {ref['measured_tiles']} tiles)" if ref["extrapolated"] else "")
+        table[label[:26]] = ref
+    table.update({f"edge-agent {v}": r for v, r in rows.items()})
+    probe = () if args.no_decode_probe else (("decode_b6_ms_step", f"decode b{work.tiles} od", "{:.1f}"),)
+    print(format_table(table, probe))
+    if ref is not None:
+        g = ref["generate_s"]
+        n = ref["measured_tiles"]
+        print(f"reference per tile: generate <OD> {g['od'] / n:.1f} s, <OCR_WITH_REGION> {g['ocr'] / n:.1f} s"
+              + (f"; frame time EXTRAPOLATED: measured {n} of {work.tiles} tiles, scaled x{work.tiles / n:.1f}"
+                 if ref["extrapolated"] else ""))
+    report_agreement(rows, ref)
+    print(f"load average at end {load_average()}")
+    if ref is not None:
+        best = min(rows, key=lambda v: rows[v]["frame_s"])
+        for v, r in rows.items():
+            print(f"speedup {v} vs transformers: {ref['frame_s'] / r['frame_s']:.1f}x")
+        print(f"dense1080p_speedup_vs_transformers: {ref['frame_s'] / rows[best]['frame_s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
