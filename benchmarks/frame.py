@@ -111,10 +111,11 @@ def child_edge(args) -> dict:
     frame = load_frame(work)
     warm_up(eng, frame)
     quiet = lambda msg: None  # noqa: E731
-    res = measure_engine(eng, frame, work, progress=quiet)
+    res = measure_engine(eng, frame, work, progress=quiet, keep_od_rows=True)
     res["load_s"] = load_s
+    od_rows = res.pop("od_rows")
     if not args.no_decode_probe:
-        res["decode_b6_ms_step"] = measure_decode(eng, frame, work, progress=quiet)
+        res["decode_b6_ms_step"] = measure_decode(eng, od_rows, work, progress=quiet)
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 

@@ -103,8 +103,10 @@ def warm_up(engine, tile: np.ndarray) -> None:
     engine.run([tile[:64, :64]], ("od",), settings={"od": short})
 
 
-def measure_engine(engine, frame: np.ndarray, work: FrameWorkload, progress: Progress = _stderr) -> dict:
-    """Stage timings of one frame through `engine` (a models.engine.Florence2Engine), plus outputs."""
+def measure_engine(engine, frame: np.ndarray, work: FrameWorkload, progress: Progress = _stderr,
+                   keep_od_rows: bool = False) -> dict:
+    """Stage timings of one frame through `engine` (a models.engine.Florence2Engine), plus outputs.
+    keep_od_rows: also return the <OD> rows' encoder states as res["od_rows"] (for measure_decode)."""
     from models.preprocess import preprocess
 
     tasks = ("od", "ocr")
@@ -128,19 +130,19 @@ def measure_engine(engine, frame: np.ndarray, work: FrameWorkload, progress: Pro
     res["peak_rss_mb"] = peak_rss_mb()
     res["token_ids"] = [list(o.token_ids) for o in outs]
     res["od_boxes"] = [np.asarray(o.regions.boxes, float).tolist() for o in outs[0::2]]
+    if keep_od_rows:
+        res["od_rows"] = (hidden[0::2], mask[0::2])
     return res
 
 
-def measure_decode(engine, frame: np.ndarray, work: FrameWorkload, progress: Progress = _stderr) -> float:
-    """ms per decode step: the frame's tiles' <OD> rows only, od_tokens forced (the issue's decode goal)."""
-    from models.preprocess import preprocess
-
-    tiles = frame_tiles(frame, work)
-    hidden, mask = engine.encode(engine.image_features(preprocess(tiles, engine.pre_cfg)), ("od",))
+def measure_decode(engine, od_rows: tuple, work: FrameWorkload, progress: Progress = _stderr) -> float:
+    """ms per decode step of the <OD> rows alone (encoder states from measure_engine), od_tokens forced:
+    the issue's decode goal (batch = tiles)."""
+    hidden, mask = od_rows
     od = task_settings(engine, work)["od"]
-    progress(f"decode only: batch {len(tiles)}, {work.od_tokens} steps ...")
+    progress(f"decode only: batch {len(hidden)}, {work.od_tokens} steps ...")
     t = time.perf_counter()
-    engine.generate_rows(hidden, mask, [od] * len(tiles))
+    engine.generate_rows(hidden, mask, [od] * len(hidden))
     return 1000 * (time.perf_counter() - t) / work.od_tokens
 
 

@@ -72,9 +72,10 @@ def bench(model_dir, variant, tiles, tokens, tile_size, image, threads, provider
               f"{work.describe()}")
     _progress("warm-up ...")
     warm_up(engine, frame)
-    res = measure_engine(engine, frame, work, progress=_progress)
+    res = measure_engine(engine, frame, work, progress=_progress, keep_od_rows=True)
+    od_rows = res.pop("od_rows")
     if decode_probe:
-        res["decode_od_ms_step"] = measure_decode(engine, frame, work, progress=_progress)
+        res["decode_od_ms_step"] = measure_decode(engine, od_rows, work, progress=_progress)
     res.pop("token_ids")
     res.pop("od_boxes")
     if as_json:

@@ -47,6 +47,10 @@ class EngineOptions:
     vision_batch: int = 0
     encoder_batch: int = 0
     decode_batch: int = 0  # sequences decoded together (bounds the KV-cache memory); 0: all of them
+    # ORT memory: the CPU arena keeps the largest activations' memory for the process's life;
+    # the memory pattern pre-plans one block per input shape.  See benchmarks/frame-results.md.
+    cpu_mem_arena: bool = True
+    mem_pattern: bool = True
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -68,13 +72,15 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _session(path: Path, providers: list[str], threads: int):
+def _session(path: Path, providers: list[str], opts: EngineOptions):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = int(threads)
+    if opts.intra_op_threads:
+        so.intra_op_num_threads = int(opts.intra_op_threads)
+    so.enable_cpu_mem_arena = bool(opts.cpu_mem_arena)
+    so.enable_mem_pattern = bool(opts.mem_pattern)
     so.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
@@ -96,7 +102,7 @@ class Florence2Engine:
         self.opts = opts
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
-        make = lambda part: _session(self.dir.onnx_path(part), self.providers, opts.intra_op_threads)  # noqa: E731
+        make = lambda part: _session(self.dir.onnx_path(part), self.providers, opts)  # noqa: E731
         self.vision, self.embed, self.encoder = make("vision_encoder"), make("embed_tokens"), make("encoder_model")
         tc = self.dir.text_config()
         heads = tc.get("decoder_attention_heads")
