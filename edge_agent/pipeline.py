@@ -1,0 +1,120 @@
+"""One frame through every stage: tiles -> engine (with change gating) -> merge -> FrameResult.
+
+This is the only module that knows capture, tiling, the engine, gating and results
+together (docs/ARCHITECTURE.md).  Several cameras share one engine: the agent passes the
+same engine (and the same `TileGate`, keyed by camera) for every camera's frames.
+
+    opts = PipelineOptions(tiling=TilingOptions(...), tasks=("od", "ocr"), model=model_info(engine))
+    result = process_frame(frame, engine, opts, gate=TileGate(...), capture_s=0.02)
+
+The engine is called once per tiling round with every tile of that round that the gate
+did not answer from its cache (one batched `engine.run`).  Timings per stage, seconds:
+capture (given), plan (before the first engine call), gate (signature checks), engine,
+merge (mapping, re-split bookkeeping and merging), total.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edge_agent.result import FrameResult
+
+Observer = Callable[[Sequence[Any], Sequence[dict]], None]  # (tiles run by the engine, their outputs)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    tiling: Any = None  # tiling.runner.TilingOptions (None: its defaults)
+    tasks: tuple[str, ...] = ("od", "ocr")
+    model: dict = field(default_factory=dict)  # payload "model" object; model_info(engine) if empty
+
+
+def tiling_options(settings) -> Any:
+    """TilingOptions from settings.tiling, with `enabled` (--no-tiling) carried into them."""
+    from tiling.runner import TilingOptions
+
+    opts = settings.tiling.options or TilingOptions()
+    return dataclasses.replace(opts, enabled=settings.tiling.enabled)
+
+
+def model_info(engine, note: str = "") -> dict:
+    """engine.info reduced to what the result schema allows (strings, numbers, booleans)."""
+    info = {}
+    for k, v in dict(engine.info).items():
+        if isinstance(v, (list, tuple)):
+            v = ",".join(map(str, v))
+        if v is None or isinstance(v, (str, int, float, bool)):
+            info[k] = v
+        else:
+            info[k] = str(v)
+    if note:
+        info["note"] = note
+    return info
+
+
+def crop(image: np.ndarray, tile) -> np.ndarray:
+    return np.ascontiguousarray(image[tile.y0:tile.y1, tile.x0:tile.x1])
+
+
+class _Infer:
+    """The infer closure for detect_tiled: gate, batch the misses into one engine call, time it."""
+
+    def __init__(self, image, camera_id, engine, tasks, gate, observe):
+        self.image, self.camera_id, self.engine, self.tasks = image, camera_id, engine, tasks
+        self.gate, self.observe = gate, observe
+        self.engine_s = self.gate_s = 0.0
+        self.first_call: float | None = None
+        self.last_return = 0.0
+        self.engine_tiles = 0
+
+    def __call__(self, tiles):
+        now = time.perf_counter()
+        if self.first_call is None:
+            self.first_call = now
+        crops = [crop(self.image, t) for t in tiles]
+        outs: list = [None] * len(tiles)
+        if self.gate is not None:
+            for i, (t, c) in enumerate(zip(tiles, crops)):
+                outs[i] = self.gate.check(self.camera_id, t, c)
+        misses = [i for i, o in enumerate(outs) if o is None]
+        t1 = time.perf_counter()
+        self.gate_s += t1 - now
+        if misses:
+            ran = self.engine.run([crops[i] for i in misses], tasks=self.tasks)
+            self.engine_s += time.perf_counter() - t1
+            self.engine_tiles += len(misses)
+            for i, out in zip(misses, ran):
+                outs[i] = out
+                if self.gate is not None:
+                    self.gate.store(self.camera_id, tiles[i], out)
+            if self.observe is not None:
+                self.observe([tiles[i] for i in misses], ran)
+        self.last_return = time.perf_counter()
+        return outs
+
+
+def process_frame(frame, engine, opts: PipelineOptions, gate=None, capture_s: float = 0.0,
+                  observe: Observer | None = None, density: float | None = None):
+    """-> (FrameResult, TiledResult).  `frame` is a capture.Frame (RGB image).  `observe` sees
+    every engine call's tiles and outputs (e.g. to collect TaskOutput.raw)."""
+    from tiling.runner import TilingOptions, detect_tiled
+
+    t0 = time.perf_counter()
+    infer = _Infer(frame.image, frame.camera_id, engine, tuple(opts.tasks), gate, observe)
+    tiled = detect_tiled(frame.width, frame.height, infer, opts.tiling or TilingOptions(), density=density)
+    end = time.perf_counter()
+    plan_s = (infer.first_call or end) - t0
+    merge_s = max(0.0, (end - t0) - plan_s - infer.engine_s - infer.gate_s)
+    timings = {"capture": capture_s, "plan": plan_s, "gate": infer.gate_s, "engine": infer.engine_s,
+               "merge": merge_s, "total": capture_s + (end - t0)}
+    result = FrameResult(
+        camera_id=frame.camera_id, seq=frame.seq, captured_at=frame.captured_at,
+        width=frame.width, height=frame.height, detections=tiled.od, text=tiled.ocr,
+        model=dict(opts.model) or model_info(engine), tiles=len(tiled.tiles),
+        resplit=[list(t.box) for t in tiled.resplit], timings={k: max(0.0, v) for k, v in timings.items()},
+    )
+    return result, tiled
