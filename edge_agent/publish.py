@@ -185,6 +185,7 @@ class Publisher(Protocol):
     def publish_stats(self, stats: dict) -> None: ...
     def drain(self, timeout: float) -> int: ...
     def close(self) -> None: ...
+    def wait_connected(self, timeout: float) -> bool: ...
 
 
 # -- stdout ----------------------------------------------------------------------------
@@ -213,6 +214,9 @@ class StdoutPublisher:
 
     def drain(self, timeout: float) -> int:
         return 0
+
+    def wait_connected(self, timeout: float) -> bool:
+        return True
 
     def close(self) -> None:
         (self.stream or sys.stdout).flush()
@@ -244,6 +248,7 @@ class MqttPublisher:
         _check_settings(settings)
         self._lock = threading.Lock()  # guards the fields below; never held while calling paho
         self._wake = threading.Event()
+        self._attempted = threading.Event()  # set after the first connection attempt, good or bad
         self._cameras: dict[str, str] = {}
         self._retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, qos), latest only
         self._dirty: set[str] = set()
@@ -295,6 +300,12 @@ class MqttPublisher:
         with self._lock:
             self._stats = json_bytes(msg)
         self._wake.set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait (bounded) for the first connection attempt to finish: True if connected now,
+        False if it failed or was refused (the publisher keeps retrying in the background)."""
+        self._attempted.wait(timeout)
+        return self._client.is_connected()
 
     def drain(self, timeout: float) -> int:
         """Wait up to `timeout` s until every spooled result is acknowledged; returns what is left."""
@@ -355,6 +366,7 @@ class MqttPublisher:
 
     # -- paho callbacks (network thread): update state, wake the sender ---------------
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self._attempted.set()
         if reason_code.is_failure:
             hint = ""
             if reason_code.value in (4, 5, 0x86, 0x87):  # bad user name or password / not authorized
@@ -375,6 +387,7 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata):
+        self._attempted.set()
         err = client.last_connect_error or "connection failed"
         with self._lock:
             first = not self._outage_logged

@@ -120,7 +120,7 @@ def test_stdout_publisher_writes_schema_valid_json_lines(schema, caplog):
         pub.publish_result(make_result("cam0", seq), snapshot=b"\xff\xd8jpeg")
     pub.camera_state("cam0", "camera_lost")
     pub.publish_stats({"frames": 3})
-    assert pub.drain(1) == 0
+    assert pub.drain(1) == 0 and pub.wait_connected(0)
     pub.close()
     lines = out.getvalue().splitlines()
     assert [schema.check(line)["seq"] for line in lines] == [0, 1, 2]  # only results on stdout
@@ -197,11 +197,12 @@ def test_broker_down_at_start_then_up(tmp_path, broker, schema):
     pub = MqttPublisher(fast(broker.url), Spool.in_state_dir(tmp_path), "dev1")
     pub.start()
     try:
+        assert pub.wait_connected(10) is False  # first attempt failed; it keeps retrying
         for seq in range(3):
             pub.publish_result(make_result("cam0", seq))
         assert pub.drain(0.5) == 3
         broker.start()
-        assert pub.drain(30) == 0
+        assert pub.drain(30) == 0 and pub.wait_connected(1) is True
         sub.wait_for(lambda msgs: len(sub.on("/detections")) >= 3, 30)
     finally:
         pub.close()
