@@ -452,8 +452,8 @@ def _layer_file(path: Path) -> tuple[dict, list[dict]]:
 def _layer_env(env: Mapping[str, str], sections: dict, cameras: list[dict]) -> None:
     origin = _Origin("env")
     for var in sorted(env):
-        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
-            continue
+        if not var.startswith(ENV_PREFIX) or var in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "MQTT_PASSWORD"):
+            continue  # the password is resolved with its other sources in _resolve_password
         rest = var[len(ENV_PREFIX):].lower()
         section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
