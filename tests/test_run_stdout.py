@@ -1,0 +1,95 @@
+"""`edge-agent run` with no broker: JSON lines on stdout, through the tiny Florence-2 model.
+Includes the embedded default (no arguments, no config) and start-up errors (exit 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "tests" / "fixtures" / "tiny-florence2"
+
+
+def edge_agent(*args, cwd=None, env_extra=None, timeout=300):
+    exe = Path(sys.executable).parent / "edge-agent"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_agent"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_AGENT_", "NOTIFY_SOCKET", "CONFIGURATION_DIRECTORY"))}
+    env.update(env_extra or {})
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout)
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def make_video(path: Path, frames=3, size=(320, 240)) -> Path:
+    w, h = size
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+    assert out.isOpened()
+    for i in range(frames):
+        img = np.full((h, w, 3), 230, np.uint8)
+        cv2.rectangle(img, (20 + 10 * i, 30), (120 + 10 * i, 200), (30, 90, 200), -1)
+        cv2.putText(img, f"PRICE {i}", (150, 120), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+        out.write(img)
+    out.release()
+    return path
+
+
+def test_run_once_prints_one_schema_valid_line(tmp_path, schema):
+    video = make_video(tmp_path / "endcap.avi")
+    p = edge_agent("run", "--source", str(video), "--once", "--model", str(MODEL), "--device-id", "dev1",
+                   "--state-dir", str(tmp_path / "state"), "--interval", "0", env_extra={"EDGE_AGENT_MODEL_MAX_NEW_TOKENS": "32"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = json_lines(p.stdout)
+    assert len(lines) == 1 and p.stdout.count("\n") == 1  # stdout carries only results
+    r = schema.check(lines[0])
+    assert (r["device_id"], r["camera_id"], r["seq"], r["frame"]) == ("dev1", "endcap", 0, {"width": 320, "height": 240})
+    assert r["model"]["name"] == "tiny-florence2" and "note" not in r["model"]
+    assert r["model"]["max_new_tokens"] == 32  # the environment reached the engine
+    assert {"capture", "plan", "engine", "merge", "total"} <= set(r["timings"])
+    assert "noise" not in p.stderr.lower()
+
+
+def test_image_directory_max_frames_no_tiling(tmp_path, schema):
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(shots / f"s{i}.jpg"), np.full((200, 300, 3), 40 * i, np.uint8))
+    p = edge_agent("run", "--source", str(shots), "--max-frames", "2", "--interval", "0", "--no-tiling",
+                   "--camera-id", "door", "--model", str(MODEL), "--state-dir", str(tmp_path / "state"),
+                   env_extra={"EDGE_AGENT_MODEL_MAX_NEW_TOKENS": "16", "EDGE_AGENT_STATS_INTERVAL": "0"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [schema.check(x) for x in json_lines(p.stdout)]
+    assert [(x["camera_id"], x["seq"], x["tiles"]["count"]) for x in lines] == [("door", 0, 1), ("door", 1, 1)]
+    assert '"frames_processed":2' in p.stderr  # the final stats line
+
+
+def test_embedded_default_no_arguments(tmp_path, schema):
+    """No config, no model, no source: the bundled tiny model and sample video, with a warning."""
+    p = edge_agent("run", "--once", cwd=tmp_path,
+                   env_extra={"XDG_STATE_HOME": str(tmp_path / "xdg"), "EDGE_AGENT_MODEL_MAX_NEW_TOKENS": "32"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = schema.check(json_lines(p.stdout)[0])
+    assert r["camera_id"] == "shelf" and r["frame"] == {"width": 1280, "height": 720}
+    assert "noise" in r["model"]["note"]
+    assert "warning" in p.stderr and "NOISE" in p.stderr
+
+
+def test_startup_errors_exit_2_with_one_line(tmp_path):
+    p = edge_agent("run", "--source", str(tmp_path / "missing.mp4"), "--once", "--model", str(MODEL))
+    assert p.returncode == 2 and "missing.mp4" in p.stderr and "Traceback" not in p.stderr
+    p = edge_agent("run", "--source", str(make_video(tmp_path / "v.avi", 1)), "--once", "--model", str(tmp_path / "nomodel"))
+    assert p.returncode == 2 and "nomodel" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = edge_agent("run", "--once", "--broker", "http://x")
+    assert p.returncode == 2 and "mqtt.broker = 'http://x'" in p.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent]\ninterval = -3\n")
+    p = edge_agent("run", "--config", str(bad), "--once")
+    assert p.returncode == 2 and f"{bad}: [agent] interval = -3.0: must be >= 0" in p.stderr
+    p = edge_agent("run", "--camera", "0", "--source", "x.mp4")
+    assert p.returncode == 2 and "not both" in p.stderr
