@@ -1,0 +1,56 @@
+"""`edge-agent detect IMAGE` through the tiny Florence-2 model: --json, --raw, --draw, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from click.testing import CliRunner
+
+from edge_agent.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "tests" / "fixtures" / "tiny-florence2"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["detect", *args], env={"EDGE_AGENT_CONFIG": None}, catch_exceptions=False)
+
+
+def test_json_raw_and_draw(tmp_path):
+    img = tmp_path / "tag.png"
+    cv2.imwrite(str(img), np.full((240, 900, 3), 200, np.uint8))  # wider than one tile: 2 tiles
+    out = tmp_path / "drawn.jpg"
+    r = invoke(str(img), "--model", str(MODEL), "--max-new-tokens", "24", "--num-beams", "1", "--json", "--raw",
+               "--draw", str(out))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (doc["image"], doc["width"], doc["height"]) == (str(img), 900, 240)
+    assert doc["model"]["name"] == "tiny-florence2" and doc["model"]["num_beams"] == 1
+    assert isinstance(doc["od"]["detections"], list) and isinstance(doc["ocr"]["lines"], list)
+    for d in doc["od"]["detections"]:
+        assert set(d) == {"label", "box", "score"} and len(d["box"]) == 4
+    # one generated text per model pass (tile x task), in pass order
+    tiles = doc["tiles"]["count"]
+    assert tiles >= 2 and len(doc["raw"]) == 2 * tiles and all(isinstance(t, str) and t for t in doc["raw"])
+    drawn = cv2.imread(str(out))
+    assert drawn is not None and drawn.shape == (240, 900, 3)
+
+
+def test_task_od_no_tiling_plain_output(tmp_path):
+    img = tmp_path / "x.jpg"
+    cv2.imwrite(str(img), np.full((300, 1000, 3), 90, np.uint8))
+    r = invoke(str(img), "--model", str(MODEL), "--task", "od", "--no-tiling", "--max-new-tokens", "16", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "od" in doc and "ocr" not in doc and "raw" not in doc and doc["tiles"]["count"] == 1
+
+
+def test_unreadable_image_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "photo.jpg"
+    bad.write_text("this is not a picture")
+    r = invoke(str(bad), "--model", str(MODEL))
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and str(bad) in r.output
+    r = invoke(str(tmp_path / "absent.png"))
+    assert r.exit_code == 2 and "absent.png" in r.output
