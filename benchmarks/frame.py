@@ -38,10 +38,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from edge_agent.bench import DENSE_1080P, QUICK, FrameWorkload, format_table, peak_rss_mb  # noqa: E402
 
 SHELF = ROOT / "tests" / "fixtures" / "sample" / "shelf.jpg"
-# name -> (model variant suffix, extra EngineOptions)
+# name -> (model variant suffix, extra EngineOptions, vision input side)
 VARIANTS = {
-    "fp32": ("", {}),
-    "int8": ("_int8", {}),
+    "fp32": ("", {}, 768),
+    "int8": ("_int8", {}, 768),
+    "int8-own-arenas": ("_int8", {"shared_arena": False}, 768),  # the engine's default before this issue
+    "int8-384": ("_int8", {}, 384),  # tiles scaled to 384 for the model: 145 image tokens
 }
 
 
@@ -70,8 +72,8 @@ def workload(args) -> FrameWorkload:
     return QUICK if args.quick else DENSE_1080P
 
 
-def model_dir(args) -> Path:
-    return Path(args.workdir) / f"florence2-{args.arch}-seed{args.seed}"
+def model_dir(args, side: int = 768) -> Path:
+    return Path(args.workdir) / (f"florence2-{args.arch}-seed{args.seed}" + ("" if side == 768 else f"-{side}"))
 
 
 def load_frame(work: FrameWorkload) -> np.ndarray:
@@ -91,7 +93,16 @@ def load_frame(work: FrameWorkload) -> np.ndarray:
 def child_prepare(args) -> dict:
     import engine as engine_bench  # benchmarks/engine.py
 
-    return engine_bench.child_prepare(argparse.Namespace(workdir=args.workdir, arch=args.arch, seed=args.seed))
+    res = engine_bench.child_prepare(argparse.Namespace(workdir=args.workdir, arch=args.arch, seed=args.seed))
+    for side in sorted({VARIANTS[v][2] for v in args.variants.split(",")} - {768}):
+        out = model_dir(args, side)
+        if not (out / "onnx" / "vision_encoder_int8.onnx").is_file():
+            from models.export import random_model, with_vision_side
+            from models.quantize import quantize_dir
+
+            with_vision_side(model_dir(args), out, random_model(args.arch, args.seed), side)
+            quantize_dir(out, "int8", parts=("vision_encoder",))
+    return res
 
 
 def child_edge(args) -> dict:
@@ -102,9 +113,9 @@ def child_edge(args) -> dict:
     from models.engine import EngineOptions, Florence2Engine
 
     work = workload(args)
-    suffix, extra = VARIANTS[args.variant]
+    suffix, extra, side = VARIANTS[args.variant]
     t = time.perf_counter()
-    eng = Florence2Engine(EngineOptions(model_dir=model_dir(args), variant=suffix, num_beams=1,
+    eng = Florence2Engine(EngineOptions(model_dir=model_dir(args, side), variant=suffix, num_beams=1,
                                         max_new_tokens=max(work.od_tokens, work.ocr_tokens),
                                         intra_op_threads=args.threads, **extra))
     load_s = time.perf_counter() - t
@@ -165,7 +176,8 @@ def child_hf(args) -> dict:
 
 # -- parent ------------------------------------------------------------------------------
 def run_child(args, mode: str, variant: str = "int8") -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--variant", variant, "--workdir", args.workdir,
+    cmd = [sys.executable, __file__, "--child", mode, "--variant", variant, "--variants", args.variants,
+           "--workdir", args.workdir,
            "--arch", args.arch, "--seed", str(args.seed), "--threads", str(args.threads),
            "--ref-tiles", str(args.ref_tiles)]
     cmd += ["--quick"] * args.quick + ["--no-decode-probe"] * args.no_decode_probe

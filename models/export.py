@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -143,11 +144,13 @@ def _kv_axes(names: list[str], past: bool) -> dict:
     return axes
 
 
-def export_vision(model, out: Path) -> None:
+def export_vision(model, out: Path, side: int = 768) -> None:
+    """side: the input resolution baked into the graph (768 as published; 384 for the low-resolution
+    option, 145 image tokens instead of 577, see with_vision_side)."""
     import torch
     from models.export_wrappers import VisionWrapper
 
-    pixel = torch.randn(1, 3, 768, 768)
+    pixel = torch.randn(1, 3, side, side)
     _export(VisionWrapper(model), (pixel,), out / "vision_encoder.onnx", ["pixel_values"], ["image_features"],
             {"pixel_values": {0: "batch_size"}, "image_features": {0: "batch_size"}})
 
@@ -284,3 +287,24 @@ def export_from_checkpoint(src, out_dir, tokenizer_dir=None) -> Path:
     if tokenizer_dir is None and ((src / "vocab.json").is_file() or (src / "tokenizer.json").is_file()):
         tokenizer_dir = src
     return export_model(model, out_dir, tokenizer_dir, gen, pre)
+
+
+def with_vision_side(src_dir, out_dir, model, side: int) -> Path:
+    """A copy of model directory src_dir whose vision tower takes side x side tiles: the text
+    graphs are hard-linked (they accept any image-token count), the vision graph is re-exported
+    from `model` (the same weights) and preprocessor_config.json says the new size."""
+    src, out = Path(src_dir), Path(out_dir)
+    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not (out / f.name).exists():
+            os.link(f, out / f.name)
+    for f in (src / "onnx").iterdir():
+        if not f.name.startswith("vision_encoder") and not (out / "onnx" / f.name).exists():
+            os.link(f, out / "onnx" / f.name)
+    export_vision(model, out / "onnx", side)
+    pre = _read_json(src / "preprocessor_config.json") or dict(PREPROCESSOR_CONFIG)
+    pre.update(size={"height": side, "width": side}, crop_size={"height": side, "width": side},
+               image_seq_length=(side // 32) ** 2 + 1)
+    (out / "preprocessor_config.json").unlink(missing_ok=True)
+    write_json(out / "preprocessor_config.json", pre)
+    return out

@@ -149,3 +149,25 @@ def test_big_merged_decoder_goes_to_external_data(tmp_path: Path, model, monkeyp
                            enc, np.ones((1, 5), np.int64), 2)
     ref = _session("decoder_model_merged").run(["logits"], feeds)[0]
     np.testing.assert_allclose(big.run(["logits"], feeds)[0], ref, atol=1e-5)
+
+
+def test_with_vision_side_384_runs_with_the_same_text_graphs(model, tmp_path):
+    """The low-resolution option: vision re-exported at 384 (145 image tokens), text graphs shared."""
+    from models.engine import EngineOptions, Florence2Engine
+    from models.export import with_vision_side
+
+    out = with_vision_side(TINY, tmp_path / "tiny-384", model, 384)
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert pre["size"] == {"height": 384, "width": 384} and pre["image_seq_length"] == 145
+    assert (out / "onnx" / "decoder_model_merged.onnx").samefile(TINY / "onnx" / "decoder_model_merged.onnx")
+    eng = Florence2Engine(EngineOptions(model_dir=out, variant="", num_beams=1, max_new_tokens=6))
+    from models.preprocess import preprocess
+
+    px = preprocess([np.zeros((500, 700, 3), np.uint8)], eng.pre_cfg)
+    assert px.shape == (1, 3, 384, 384)
+    assert eng.image_features(px).shape[1] == 145
+    with torch.inference_mode():
+        ref = model.get_image_features(torch.from_numpy(px)).pooler_output.numpy()
+    np.testing.assert_allclose(eng.image_features(px), ref, atol=1e-4)
+    out_ = eng.run([np.zeros((500, 700, 3), np.uint8)], ("od",))
+    assert out_[0]["od"].token_ids[:2] == (2, 0)
