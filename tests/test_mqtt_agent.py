@@ -212,3 +212,80 @@ def test_tls_with_a_test_ca(tmp_path, tls_files, video, schema):
     finally:
         b.stop()
     assert b.url.startswith("mqtts://")
+
+
+class AgentProc:
+    """`edge-agent run` in the background; its stderr lines collected by a thread."""
+
+    def __init__(self, args, env=None):
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=env or agent_env(), cwd=REPO)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_lines(self, predicate, timeout: float = 300.0, start: int = 0) -> int:
+        """Wait until predicate(lines[start:]) is true; returns len(lines) then."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.lines[start:]):
+                if time.monotonic() > deadline or (self.proc.poll() is not None and not predicate(self.lines[start:])):
+                    raise AssertionError("agent log: " + "\n".join(self.lines[-30:]))
+                self._cond.wait(0.5)
+            return len(self.lines)
+
+    def frames_logged(self, lines) -> int:
+        return sum(" frame " in line and " tiles, " in line for line in lines)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_broker_stopped_for_frames_during_a_run_all_arrive_in_order(tmp_path, broker, schema):
+    video = make_video(tmp_path / "shelf.avi", frames=10)
+    sub = Subscriber(broker, f"{PREFIX}/#").start()
+    agent = AgentProc(run_args(video, broker, tmp_path / "state", "--max-frames", "6", "--interval", "0",
+                               "--drain-timeout", "120"))
+    try:
+        sub.wait_for(lambda msgs: detections(sub, schema), 300, "the first result")
+        broker.stop()
+        mark = agent.wait_lines(lambda lines: "lost" in "\n".join(lines), 60)  # the agent noticed
+        agent.wait_lines(lambda lines: agent.frames_logged(lines) >= 2, 300, start=mark)  # frames while down
+        broker.start()
+        assert agent.proc.wait(300) == 0, "\n".join(agent.lines[-30:])
+        sub.wait_for(lambda msgs: len(detections(sub, schema)) >= 6, 60, "6 results")
+    finally:
+        agent.stop()
+        sub.stop()
+    assert [r["seq"] for r in detections(sub, schema)] == list(range(6))
+
+
+def test_sigkill_agent_while_broker_down_then_restart_replays_the_spool(tmp_path, broker, schema):
+    video = make_video(tmp_path / "shelf.avi", frames=40)
+    state = tmp_path / "state"
+    sub = Subscriber(broker, f"{PREFIX}/#").start()
+    broker.stop()
+    agent = AgentProc(run_args(video, broker, state, "--max-frames", "40", "--interval", "0"))
+    try:
+        agent.wait_lines(lambda lines: agent.frames_logged(lines) >= 3, 300)  # published (spooled) before logged
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait(10)
+    finally:
+        agent.stop()
+    broker.start()
+    sub.wait_connects(2)
+    p = run_agent(run_args(video, broker, state, "--once"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    sub.wait_for(lambda msgs: len(detections(sub, schema)) >= 4, 60, "the spooled results and the new one")
+    sub.stop()
+    seqs = [r["seq"] for r in detections(sub, schema)]
+    k = len(seqs) - 1
+    assert k >= 3 and seqs == list(range(k)) + [0], seqs  # spooled ones first, in order, none lost
