@@ -9,8 +9,10 @@ Sources (`[camera] source` / `--camera N` / `--source PATH_OR_URL`):
 
 **Live sources** (devices and URLs) run a reader thread that keeps grabbing so only the
 newest frame is kept: the frames between two processed ones are dropped, and no backlog
-builds up however slow the engine is.  The thread only `grab()`s; the frame is decoded
-(`retrieve()`) when the agent asks for it, which spares a Pi decoding frames nobody uses.
+builds up however slow the engine is.  The thread only `grab()`s, without holding a lock
+(a grab blocks until the source sends); when the agent asks for a frame, the next grabbed
+one is decoded (`retrieve()`) by the thread and handed over, which spares a Pi decoding
+frames nobody uses.
 When the device or stream fails, the camera state goes to `camera_lost` (reported through
 the `on_state` callback), the thread retries with exponential backoff up to
 `retry_max` seconds, and reports `ok` again when frames flow.
@@ -121,10 +123,9 @@ class Camera:
         self._images: list[Path] = []
         self._next_image = 0
         # live reader thread
-        self._lock = threading.Condition()
-        self._grabbed = 0  # frames grabbed by the thread
-        self._taken = 0  # value of _grabbed at the last frame handed out
-        self._grabbed_at = 0.0
+        self._lock = threading.Condition()  # never held during a (blocking) grab()
+        self._want = False  # the agent waits for a frame: decode the next one grabbed
+        self._latest: tuple[np.ndarray, float] | None = None  # (BGR, grabbed at) handed over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -193,24 +194,18 @@ class Camera:
                     self._lost(delay, "cannot open")
                     delay = min(delay * 2, self.settings.retry_max)
                     continue
-                with self._lock:
-                    self._cap = cap
+                self._cap = cap
                 if self.state == STATE_LOST:
                     self.reconnects += 1
-            with self._lock:
-                ok = self._cap.grab()
-                if ok:
-                    self._grabbed += 1
-                    self._grabbed_at = time.time()
-                    self._lock.notify_all()
+            ok = self._cap.grab()  # blocks until the source sends a frame; no lock held
             if ok:
+                self._hand_over(time.time())
                 if self.state != STATE_OK:
                     self._set_state(STATE_OK)
                 delay = self.backoff_min
                 continue
-            with self._lock:
-                self._cap.release()
-                self._cap = None
+            self._cap.release()
+            self._cap = None
             self._lost(delay, "read failed")
             delay = min(delay * 2, self.settings.retry_max)
 
@@ -221,19 +216,30 @@ class Camera:
         log.debug("camera %s: retrying in %.1f s", self.id, delay)
         self._stop.wait(delay)
 
+    def _hand_over(self, at: float) -> None:
+        """Reader thread, after a grab: decode it only if the agent is waiting for a frame."""
+        with self._lock:
+            if not self._want:
+                return
+            ok, bgr = self._cap.retrieve()
+            if ok and bgr is not None:
+                self._latest = (bgr, at)
+                self._want = False
+                self._lock.notify_all()
+
     def _get_live(self, timeout: float) -> Frame | None:
+        """The next frame the reader grabs (the newest, at most one frame period old)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._grabbed == self._taken or self._cap is None:
+            self._want, self._latest = True, None
+            while self._latest is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
+                    self._want = False
                     return None
                 self._lock.wait(left)
-            ok, bgr = self._cap.retrieve()
-            self._taken = self._grabbed
-            at = self._grabbed_at
-        if not ok or bgr is None:
-            return None
+            bgr, at = self._latest
+            self._latest = None
         return self._frame(bgr, at)
 
     # -------------------------------------------------------------- files
@@ -291,10 +297,12 @@ class Camera:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with self._lock:
-            if self._cap is not None:
-                self._cap.release()
-                self._cap = None
+            if self._thread.is_alive():  # stuck in a grab() on a wedged source: leave it to exit
+                log.warning("camera %s: reader thread did not stop; not releasing its capture", self.id)
+                return
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
 
     def __enter__(self):
         return self.start()

@@ -93,3 +93,44 @@ def test_lost_live_source_reports_camera_lost(tmp_path):
         assert "camera_lost" in states
     finally:
         c.close()
+
+
+def test_live_mjpeg_stream_gives_fresh_frames(tmp_path):
+    """A live HTTP MJPEG source at 10 fps: every get() returns a new frame promptly (the
+    reader thread grabbing continuously must not starve the agent)."""
+    import socket
+    import threading
+
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
+    jpeg = jpeg.tobytes()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+
+    def serve():
+        try:
+            conn, _ = srv.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+            while not stop.is_set():
+                conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                             + jpeg + b"\r\n")
+                stop.wait(0.1)
+            conn.close()
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings = CameraSettings(id="ipcam", source=f"http://127.0.0.1:{srv.getsockname()[1]}/s.mjpg")
+    c = Camera(settings).start()
+    try:
+        frames = [c.get(timeout=10.0) for _ in range(5)]
+        assert all(f is not None for f in frames), frames
+        assert [f.seq for f in frames] == [0, 1, 2, 3, 4] and frames[0].image.shape == (48, 64, 3)
+        assert len({f.captured_at for f in frames}) == 5  # each one newly grabbed
+        assert c.state == STATE_OK
+    finally:
+        stop.set()
+        c.close()
+        srv.close()
