@@ -504,7 +504,9 @@ def _resolve_password(mqtt: dict, env: Mapping[str, str], path: str) -> tuple[Se
     if env.get(ENV_PREFIX + "MQTT_PASSWORD"):
         return Secret(env[ENV_PREFIX + "MQTT_PASSWORD"]), f"environment variable {ENV_PREFIX}MQTT_PASSWORD"
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / "mqtt_password").is_file():
+    # An empty credential is "none": `edge-agent service install` creates the file empty
+    # because LoadCredential= fails the start when it is missing.
+    if cred_dir and (Path(cred_dir) / "mqtt_password").is_file() and (Path(cred_dir) / "mqtt_password").stat().st_size:
         p = Path(cred_dir) / "mqtt_password"
         return Secret(_read_secret_file(p, "systemd credential")), f"systemd credential {p}"
     if mqtt.get("password_file"):

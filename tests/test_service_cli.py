@@ -156,3 +156,22 @@ def test_bad_user_and_missing_exec_are_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "--user 'Bad User': not a valid system user name" in r.output
     r = CliRunner().invoke(cli, ["service", "install", "--dry-run", "--exec", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "not found or not executable" in r.output
+
+
+def test_the_installers_empty_credential_does_not_shadow_password_file(tmp_path):
+    """service install creates $CREDENTIALS_DIRECTORY/mqtt_password empty (LoadCredential=
+    needs the file); settings must then fall through to [mqtt] password_file."""
+    from edge_agent.settings import load_settings
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_bytes(b"")
+    (tmp_path / "pw").write_text("from-file\n")
+    cfg = tmp_path / "edge-agent.toml"
+    cfg.write_text('[mqtt]\nbroker = "mqtt://127.0.0.1:1883"\npassword_file = "pw"\n')
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "STATE_DIRECTORY": str(tmp_path / "state")}
+    s = load_settings(cfg, env=env)
+    assert s.mqtt.password.reveal() == "from-file"
+    (creds / "mqtt_password").write_text("from-credential\n")
+    s = load_settings(cfg, env=env)
+    assert s.mqtt.password.reveal() == "from-credential" and "systemd credential" in s.password_origin
