@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import broker as broker_mod
 from broker import Subscriber
 from test_sd_notify import FakeSystemd
 
@@ -100,7 +101,7 @@ class Agent:
     """`edge-agent run` in a subprocess, with NOTIFY_SOCKET and WATCHDOG_USEC like systemd."""
 
     def __init__(self, tmp_path: Path, source: str, broker_url: str, notify: str, sandbox: bool = False,
-                 loop: bool = False):
+                 loop: bool = False, extra_env: dict | None = None):
         self.log = tmp_path / "agent.log"
         env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC=str(WATCHDOG_USEC),
                    STATE_DIRECTORY=str(tmp_path / "state"),
@@ -110,6 +111,8 @@ class Agent:
                    EDGE_AGENT_CAMERA_LOOP="true" if loop else "false")
         env.pop("WATCHDOG_PID", None)
         env.pop("EDGE_AGENT_MQTT_PASSWORD", None)
+        env.pop("CREDENTIALS_DIRECTORY", None)
+        env.update(extra_env or {})
         cmd = [edge_agent(), "run", "--source", source, "--model", str(MODEL), "--broker", broker_url]
         if sandbox:
             cmd = [sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), "--", *cmd]
@@ -215,3 +218,33 @@ def test_sigterm_sends_stopping_publishes_offline_and_exits_0(tmp_path, broker, 
     finally:
         agent.kill()
         sub.stop()
+
+
+def test_mqtt_password_comes_from_the_systemd_credential(tmp_path, notify):
+    """As under LoadCredential=mqtt_password:...: the password is read from
+    $CREDENTIALS_DIRECTORY/mqtt_password, reaches a broker that requires it, and appears
+    neither in argv nor in the log."""
+    if broker_mod.broker_kind() != "mosquitto":
+        pytest.skip("password brokers need mosquitto")
+    password = "cred-" + os.urandom(6).hex()
+    b = broker_mod.Broker(tmp_path / "broker", users={"agent": password, "reader": "r"}).start()
+    fake, path = notify
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text(password + "\n")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copyfile(SAMPLE, frames / "shelf.jpg")
+    sub = Subscriber(b, f"edge-agent/{DEVICE}/#", username="reader", password="r").start()
+    agent = Agent(tmp_path, str(frames), b.url, path, loop=True,
+                  extra_env={"CREDENTIALS_DIRECTORY": str(creds), "EDGE_AGENT_MQTT_USERNAME": "agent"})
+    try:
+        assert fake.wait_for("READY=1", timeout=120), agent.output()
+        wait_results(sub, 1)
+        assert password not in " ".join(agent.proc.args)
+        assert agent.stop() == 0, agent.output()
+        assert password not in agent.log.read_text(errors="replace")
+    finally:
+        agent.kill()
+        sub.stop()
+        b.stop()
