@@ -10,7 +10,6 @@ WATCHDOG_USEC set, a real MQTT broker, and a realistic camera that hangs.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

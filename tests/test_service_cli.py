@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from edge_agent import cmd_service
 from edge_agent.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
