@@ -3,7 +3,7 @@
 `Broker` runs /usr/sbin/mosquitto (or `mosquitto` on PATH) on a free port, optionally with
 TLS and a password file, and can be stopped and started again on the same port.  Where
 mosquitto is absent (or EDGE_AGENT_TEST_BROKER=amqtt), the pure-Python amqtt broker
-stands in (plain TCP, anonymous; tests that need TLS or passwords skip there).
+stands in (TLS and password files too; only tests that require client certificates skip).
 
 Mosquitto runs with persistence on, so a subscriber with a persistent session (QoS 1,
 clean_session=False) gets the messages that arrive while it reconnects after a broker
@@ -132,10 +132,10 @@ class Broker:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / "broker.log"
-        if self.kind == "amqtt" and (tls or users):
+        if self.kind == "amqtt" and require_client_cert:
             import pytest
 
-            pytest.skip("TLS/password broker tests need mosquitto; amqtt stands in for plain brokers only")
+            pytest.skip("amqtt cannot require client certificates (CERT_OPTIONAL only); needs mosquitto")
 
     @property
     def url(self) -> str:
@@ -188,13 +188,28 @@ class Broker:
         return conf
 
     def _amqtt_conf(self) -> Path:
+        listener = [f"    type: tcp", f"    bind: 127.0.0.1:{self.port}"]
+        if self.tls:
+            listener += ["    ssl: true", f"    certfile: {self.tls.server_cert}", f"    keyfile: {self.tls.server_key}",
+                         f"    cafile: {self.tls.ca}"]
+        if self.users:
+            auth = ["  amqtt.plugins.authentication.FileAuthPlugin:",
+                    f"    password_file: {self._amqtt_password_file()}"]
+        else:
+            auth = ["  amqtt.plugins.authentication.AnonymousAuthPlugin:", "    allow_anonymous: true"]
         conf = self.workdir / "amqtt.yaml"
-        conf.write_text(
-            "listeners:\n  default:\n    type: tcp\n"
-            f"    bind: 127.0.0.1:{self.port}\n"
-            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
-        )
+        conf.write_text("\n".join(["listeners:", "  default:", *listener, "plugins:", *auth]) + "\n")
         return conf
+
+    def _amqtt_password_file(self) -> Path:
+        from pwdlib import PasswordHash
+        from pwdlib.hashers.argon2 import Argon2Hasher
+
+        hasher = PasswordHash((Argon2Hasher(),))
+        path = self.workdir / "amqtt-passwd"
+        path.write_text("".join(f"{u}:{hasher.hash(p)}\n" for u, p in self.users.items()))
+        path.chmod(0o600)
+        return path
 
 
 # -- a real subscriber -----------------------------------------------------------------
@@ -231,6 +246,7 @@ class Subscriber:
         self.connects = 0
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.connected = threading.Event()
         self._v5 = v5
 
@@ -246,7 +262,9 @@ class Subscriber:
         if reason_code.is_failure:
             return
         client.subscribe(self.topic, qos=1)
-        with self._cond:
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self._cond:  # connected means subscribed (SUBACK), so nothing published after is missed
             self.connects += 1
             self._cond.notify_all()
         self.connected.set()
