@@ -8,7 +8,9 @@ the first broker connection attempt is awaited (bounded), then READY=1.
 
 The loop takes, for every camera whose interval has passed, its newest frame, runs it
 through the pipeline and publishes the result (the MQTT publisher spools it first).
-Cameras share one engine and one change gate; their frames run one after another.  File
+Cameras share one engine and one change gate; the frames of the cameras due together run
+together, each tiling round's tiles of all of them batched into one engine call
+(pipeline.process_frames).  File
 sources end the run when all of them are exhausted.  `max_frames` (or `--once`) stops
 capturing after that many processed frames.  SIGTERM/SIGINT finish the current frame.
 Then the spool is drained for up to `drain_timeout` seconds (what is left stays for the
@@ -212,39 +214,58 @@ class Agent:
                 wake = min([next_due[c.id] for c in self.cameras if not c.exhausted] + [next_stats])
                 self.stop.wait(max(0.0, min(wake - now, 1.0)))
                 continue
-            for cam in due:
-                if self._done():
-                    break
-                started = time.monotonic()
-                if self._one_frame(cam):
-                    next_due[cam.id] = started + interval
+            started = time.monotonic()
+            for cam_id in self._process(due):
+                next_due[cam_id] = started + interval
 
-    def _one_frame(self, cam) -> bool:
-        from edge_agent.pipeline import process_frame
+    def _capture(self, due) -> list[tuple]:
+        """[(frame, capture seconds)] from the due cameras, within the frame budget."""
+        left = self.limits.max_frames - self.stats.frames if self.limits.max_frames else len(due)
+        got = []
+        for cam in due:
+            if len(got) >= left or self.stop.is_set():
+                break
+            t0 = time.perf_counter()
+            frame = cam.get(timeout=1.0)
+            if frame is not None:
+                got.append((frame, time.perf_counter() - t0))
+        return got
 
-        t0 = time.perf_counter()
-        frame = cam.get(timeout=1.0)
-        if frame is None:
-            return False
-        capture_s = time.perf_counter() - t0
-        try:
-            result, _ = process_frame(frame, self.engine, self.opts, gate=self.gate, capture_s=capture_s)
-        except Exception as e:  # one bad frame must not stop a shelf camera
-            self.stats.errors += 1
-            self._failures += 1
-            log.exception("camera %s frame %d failed: %s", cam.id, frame.seq, e)
-            if self._failures >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeFailure(f"{self._failures} frames in a row failed; last error: {e}") from e
-            return True
+    def _process(self, due) -> list[str]:
+        """One frame from each due camera, run together on the shared engine; -> camera ids done."""
+        from edge_agent.pipeline import process_frames
+
+        got = self._capture(due)
+        if not got:
+            return []
+        outcomes = process_frames([f for f, _ in got], self.engine, self.opts, gate=self.gate,
+                                  capture_s=[c for _, c in got])
+        for (frame, _), outcome in zip(got, outcomes):
+            if isinstance(outcome, Exception):
+                self._failed(frame, outcome)
+            else:
+                self._publish(frame, outcome[0])
+        return [f.camera_id for f, _ in got]
+
+    def _failed(self, frame, error: Exception) -> None:
+        """One bad frame must not stop a shelf camera; many in a row end the run (exit 1)."""
+        self.stats.errors += 1
+        self._failures += 1
+        log.error("camera %s frame %d failed: %s: %s", frame.camera_id, frame.seq, type(error).__name__, error,
+                  exc_info=error)
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeFailure(f"{self._failures} frames in a row failed; last error: {error}") from error
+
+    def _publish(self, frame, result) -> None:
         self._failures = 0
+        cam_id = frame.camera_id
         self.publisher.publish_result(result, self._snapshot(frame, result))
         self.stats.add(result.timings.get("total", 0.0))
         log.info("camera %s frame %d: %d tiles, %d detections, %d text lines, %.2f s",
-                 cam.id, frame.seq, result.tiles, len(result.detections), len(result.text),
+                 cam_id, frame.seq, result.tiles, len(result.detections), len(result.text),
                  result.timings.get("total", 0.0))
         self.notifier.watchdog()
         self.notifier.status(f"ok: {self.stats.frames} frames, last {result.timings.get('total', 0.0):.1f} s")
-        return True
 
     def _snapshot(self, frame, result) -> bytes | None:
         snap = self.settings.snapshot

@@ -92,3 +92,41 @@ def test_observer_sees_every_engine_pass():
     process_frame(frame(640, 480), eng, PipelineOptions(tasks=("od", "ocr")),
                   observe=lambda tiles, outs: seen.extend(o[t].raw for o in outs for t in ("od", "ocr")))
     assert seen == ["<s>bottle</s>", "<s>SALE</s>"]
+
+
+def test_frames_of_several_cameras_share_one_engine_call_per_round():
+    from edge_agent.pipeline import process_frames
+
+    eng = ScriptedEngine()
+    opts = PipelineOptions(tiling=TilingOptions())
+    a, b = frame(1280, 720, camera="left"), frame(640, 480, camera="right")
+    out = process_frames([a, b], eng, opts, gate=TileGate(threshold=6.0), capture_s=[0.1, 0.2])
+    (ra, ta), (rb, tb) = out
+    assert len(eng.calls) == 1 and len(eng.calls[0]) == len(ta.tiles) + len(tb.tiles)  # one batch
+    assert (ra.camera_id, ra.width, ra.timings["capture"]) == ("left", 1280, 0.1)
+    assert (rb.camera_id, rb.width, rb.timings["capture"]) == ("right", 640, 0.2)
+    assert rb.detections.boxes[:, 2].max() <= 640  # each frame got its own tiles' outputs back
+
+
+def test_an_engine_failure_is_returned_per_frame():
+    from edge_agent.pipeline import process_frames
+
+    class Broken(ScriptedEngine):
+        def run(self, crops, tasks=("od", "ocr")):
+            raise RuntimeError("onnx went away")
+
+    out = process_frames([frame(640, 480, camera="a"), frame(640, 480, camera="b")], Broken(), PipelineOptions())
+    assert [type(o) for o in out] == [RuntimeError, RuntimeError]
+
+
+def test_small_frame_resplit_tiles_with_repeated_boxes_pass_the_gate():
+    """A saturated small tile splits into sub-tiles that can share a box; storing each must work."""
+
+    class Saturating(ScriptedEngine):
+        def run(self, crops, tasks=("od", "ocr")):
+            outs = super().run(crops, tasks)
+            return [{t: TaskOutput(t, o[t].regions, True, "", ()) for t in o} for o in outs]
+
+    eng = Saturating()
+    result, tiled = process_frame(frame(160, 120), eng, PipelineOptions(tiling=TilingOptions()), gate=TileGate())
+    assert len(tiled.tiles) == 5 and len(result.resplit) == 1

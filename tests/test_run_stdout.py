@@ -93,3 +93,21 @@ def test_startup_errors_exit_2_with_one_line(tmp_path):
     assert p.returncode == 2 and f"{bad}: [agent] interval = -3.0: must be >= 0" in p.stderr
     p = edge_agent("run", "--camera", "0", "--source", "x.mp4")
     assert p.returncode == 2 and "not both" in p.stderr
+
+
+def test_two_cameras_from_a_config_file(tmp_path, schema):
+    dirs = []
+    for name, shade in (("left", 60), ("right", 180)):
+        d = tmp_path / name
+        d.mkdir()
+        for i in range(2):
+            cv2.imwrite(str(d / f"{i}.png"), np.full((120, 160, 3), shade + i, np.uint8))
+        dirs.append(d)
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(f'[agent]\ninterval = 0\nstate_dir = "{tmp_path / "state"}"\ndevice_id = "aisle"\n'
+                   f'[[cameras]]\nid = "left"\nsource = "{dirs[0]}"\n[[cameras]]\nid = "right"\nsource = "{dirs[1]}"\n'
+                   f'[model]\ndir = "{MODEL}"\nmax_new_tokens = 16\n[mqtt]\nbroker = ""\n[stats]\ninterval = 0\n')
+    p = edge_agent("run", "--config", str(cfg))
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = sorted((r["camera_id"], r["seq"]) for r in map(schema.check, json_lines(p.stdout)))
+    assert got == [("left", 0), ("left", 1), ("right", 0), ("right", 1)]  # both ended: the run ends
