@@ -3,7 +3,7 @@ that pings only while frames make progress, and SIGTERM/SIGINT handling.
 
 How the main loop uses it::
 
-    notifier = Notifier(frame_interval=settings.camera.interval_s)   # or Notifier()
+    notifier = Notifier(frame_interval=settings.agent.interval)   # or Notifier()
     install_signal_handlers(stop_event, notifier)
     ...load model, try the broker once...
     notifier.ready()                       # READY=1, starts the watchdog heartbeat
@@ -22,12 +22,12 @@ but only while that time is younger than the stall limit.  A camera read or an e
 call that never returns stops the frames, so the pings stop, and systemd kills and
 restarts the agent at most stall limit + WatchdogSec after the last completed frame.
 
-The stall limit is ``max(WatchdogSec, 3 * frame_interval)`` unless given, raised to 3x the
-slowest of the last 20 gaps between completed frames, so a slow device is not restarted
-for being slow.  READY counts as progress, so the first frame has the base allowance:
-WatchdogSec= must exceed the time to the first completed frame.  When no watchdog is configured
-(WATCHDOG_USEC unset or meant for another PID) no thread runs; when NOTIFY_SOCKET is
-unset every call is a no-op.
+The stall limit is ``max(WatchdogSec, 3 * frame_interval)`` unless given, raised to 3x
+the slowest of the last 20 gaps between completed frames, so a slow device is not
+restarted for being slow.  READY counts as progress, so the first frame has the base
+allowance: WatchdogSec= must exceed the time to the first completed frame.  When no
+watchdog is configured (WATCHDOG_USEC unset or meant for another PID) no thread runs;
+when NOTIFY_SOCKET is unset every call is a no-op.
 """
 from __future__ import annotations
 
