@@ -122,20 +122,21 @@ def write_password_file(path: Path, users: dict[str, str]) -> Path:
 # -- the broker ------------------------------------------------------------------------
 class Broker:
     def __init__(self, workdir: Path, tls: TlsFiles | None = None, users: dict[str, str] | None = None,
-                 require_client_cert: bool = False):
+                 require_client_cert: bool = False, acl: str | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kind = broker_kind()
         self.tls = tls
         self.users = users
         self.require_client_cert = require_client_cert
+        self.acl = acl  # mosquitto acl_file text
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / "broker.log"
-        if self.kind == "amqtt" and require_client_cert:
+        if self.kind == "amqtt" and (require_client_cert or acl):
             import pytest
 
-            pytest.skip("amqtt cannot require client certificates (CERT_OPTIONAL only); needs mosquitto")
+            pytest.skip("client-certificate or ACL broker tests need mosquitto (amqtt: CERT_OPTIONAL, no acl_file)")
 
     @property
     def url(self) -> str:
@@ -180,6 +181,9 @@ class Broker:
             lines.append("user root")
         if self.users:
             lines.append(f"password_file {write_password_file(self.workdir / 'passwd', self.users)}")
+        if self.acl:
+            (self.workdir / "acl").write_text(self.acl)
+            lines.append(f"acl_file {self.workdir / 'acl'}")
         if self.tls:
             lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.server_cert}", f"keyfile {self.tls.server_key}",
                       f"require_certificate {'true' if self.require_client_cert else 'false'}"]

@@ -277,3 +277,19 @@ def test_snapshot_and_camera_state_are_retained(tmp_path, broker, schema):
     assert got["edge-agent/dev1/cam1/snapshot"].payload == jpeg
     status = schema.check(got["edge-agent/dev1/status"].payload, "status_message")
     assert status["status"] == "offline" and status["cameras"] == {"cam1": "camera_lost"}
+
+
+def test_mqtt5_puback_error_is_logged_counted_and_not_retried(tmp_path, caplog):
+    from broker import Broker
+
+    b = Broker(tmp_path / "acl", users={"agent": "pw"}, acl="user agent\ntopic write edge-agent/dev1/status\n").start()
+    pub = MqttPublisher(fast(b.url, protocol="5", username="agent", password="pw"), Spool.in_state_dir(tmp_path), "dev1")
+    pub.start()
+    try:
+        pub.publish_result(make_result("cam0", 0))
+        assert pub.drain(30) == 0  # not stuck behind a message the broker will never take
+        assert pub.spool.dropped() == 1
+    finally:
+        pub.close()
+        b.stop()
+    assert "rejected spooled message 1: Not authorized" in caplog.text
