@@ -174,3 +174,27 @@ def test_the_installers_empty_credential_does_not_shadow_password_file(tmp_path)
     (creds / "mqtt_password").write_text("from-credential\n")
     s = load_settings(cfg, env=env)
     assert s.mqtt.password.reveal() == "from-credential" and "systemd credential" in s.password_origin
+
+
+@pytest.mark.slow
+def test_install_works_from_a_non_editable_wheel(tmp_path):
+    """pip install /path/to/clone (not -e): the unit and the default config come from the
+    wheel's data files under <venv>/share/edge-agent/."""
+    import sys
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=600)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # dependencies only
+    wheel = next((tmp_path / "dist").glob("edge_agent-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                    "--no-deps", "-q", str(wheel)], check=True, capture_output=True, timeout=300)
+    done = subprocess.run([str(venv / "bin" / "edge-agent"), "service", "install", "--dry-run",
+                           "--exec", "/usr/bin/env"], capture_output=True, text=True, cwd="/", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"install -m 0644 {venv}/share/edge-agent/config/edge-agent.toml /etc/edge-agent/edge-agent.toml" in done.stdout
+    assert "ExecStart=/usr/bin/env run --config /etc/edge-agent/edge-agent.toml" in done.stdout
