@@ -254,6 +254,7 @@ class MqttPublisher:
         self._dirty: set[str] = set()
         self._retained_info: dict = {}  # topic -> paho MQTTMessageInfo of its last publish (sender thread)
         self._stats: bytes | None = None
+        self._acked: set[int] = set()  # mids acknowledged since the sender last looked
         self._rejected: dict[int, str] = {}  # mid -> reason, PUBACKs with an error reason code (MQTT 5)
         self._hello_due = False
         self._stopping = False
@@ -404,8 +405,9 @@ class MqttPublisher:
             log.warning("MQTT connection to %s lost (%s); spooling results and reconnecting", self.broker, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
-        if reason_code.is_failure:
-            with self._lock:
+        with self._lock:
+            self._acked.add(mid)
+            if reason_code.is_failure:
                 self._rejected[mid] = str(reason_code)
         self._wake.set()
 
@@ -441,23 +443,24 @@ class MqttPublisher:
         return False
 
     def _collect_acks(self) -> None:
+        """Delete acknowledged rows.  PUBACK mids recorded by on_publish since the last call
+        (the same cycle holds any rejection reason); is_published() as a fallback."""
+        with self._lock:
+            acked, self._acked = self._acked, set()
+            rejected, self._rejected = self._rejected, {}
         if not self._inflight:
             return
-        done = [m for m in self._inflight if m.info.is_published()]
+        done = [m for m in self._inflight if m.info.mid in acked or m.info.is_published()]
         if not done:
             return
         gone = {id(m) for m in done}
         self._inflight = [m for m in self._inflight if id(m) not in gone]
         for m in done:
-            with self._lock:
-                reason = self._rejected.pop(m.info.mid, None)
+            reason = rejected.get(m.info.mid)
             if reason:
                 log.error("MQTT broker %s rejected spooled message %d: %s; dropped", self.broker, m.spool_id, reason)
                 self.spool.count_dropped(1)
             self.spool.delete(m.spool_id)
-        with self._lock:
-            if not self._inflight:
-                self._rejected.clear()
 
     def _pump(self) -> None:
         room = self.settings.inflight - len(self._inflight)
