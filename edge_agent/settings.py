@@ -85,7 +85,7 @@ class CameraSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    dir: str = ""  # onnx-community Florence-2 layout; "" -> the bundled tiny model (demo only)
+    dir: str = ""  # onnx-community Florence-2 layout; "" without a config file -> the bundled tiny demo model
     variant: str = "_int8"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = 0  # ONNX Runtime intra-op threads, 0: its default

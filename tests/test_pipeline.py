@@ -130,3 +130,20 @@ def test_small_frame_resplit_tiles_with_repeated_boxes_pass_the_gate():
     eng = Saturating()
     result, tiled = process_frame(frame(160, 120), eng, PipelineOptions(tiling=TilingOptions()), gate=TileGate())
     assert len(tiled.tiles) == 5 and len(result.resplit) == 1
+
+
+def test_snapshot_is_annotated_and_size_limited():
+    import cv2
+
+    from edge_agent.agent import snapshot_jpeg
+
+    eng = ScriptedEngine()
+    rng = np.random.default_rng(0)
+    f = frame(1280, 720)
+    f.image[:] = rng.integers(0, 255, f.image.shape, dtype=np.uint8)  # noise: JPEG-hostile
+    result, _ = process_frame(f, eng, PipelineOptions(tiling=TilingOptions()))
+    jpeg = snapshot_jpeg(f.image, result, max_bytes=60_000)
+    assert jpeg is not None and len(jpeg) <= 60_000
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[1] <= 1280
+    assert snapshot_jpeg(f.image, result, max_bytes=10) is None
