@@ -111,3 +111,59 @@ def test_two_cameras_from_a_config_file(tmp_path, schema):
     assert p.returncode == 0, p.stderr[-3000:]
     got = sorted((r["camera_id"], r["seq"]) for r in map(schema.check, json_lines(p.stdout)))
     assert got == [("left", 0), ("left", 1), ("right", 0), ("right", 1)]  # both ended: the run ends
+
+
+def test_frames_failing_in_a_row_end_the_run_with_exit_1(tmp_path, monkeypatch, capsys):
+    """In-process, no model: an engine that always fails -> RuntimeFailure (exit status 1)
+    after a few frames, logged, publisher closed; no traceback reaches the user as a crash."""
+    import pytest
+
+    from edge_agent import agent as agent_mod
+    from edge_agent.errors import RuntimeFailure
+    from edge_agent.settings import load_settings
+
+    class Broken:
+        info = {"name": "broken", "variant": "fp32"}
+
+        def run(self, crops, tasks=("od", "ocr")):
+            raise RuntimeError("onnxruntime: out of memory")
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    cv2.imwrite(str(shots / "a.png"), np.full((64, 64, 3), 10, np.uint8))
+    s = load_settings(None, env={}, overrides={"camera": {"source": str(shots), "loop": True},
+                                              "agent": {"interval": 0.0, "state_dir": str(tmp_path / "st")}})
+    monkeypatch.setattr(agent_mod, "build_engine", lambda settings: Broken())
+    with pytest.raises(RuntimeFailure) as err:
+        agent_mod.Agent(s, agent_mod.RunLimits(drain_timeout=0)).run(install_signals=False)
+    assert err.value.exit_code == 1 and "out of memory" in str(err.value)
+    assert capsys.readouterr().out == ""  # no result was published
+
+
+def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypatch, capsys):
+    """What SIGTERM does (it sets the stop event): the frame in progress is still published."""
+    import threading
+
+    from edge_agent import agent as agent_mod
+    from edge_agent.settings import load_settings
+    from models.outputs import TaskOutput
+    from tiling.regions import Regions
+
+    stop = threading.Event()
+
+    class StopsMidFrame:
+        info = {"name": "fake", "variant": "fp32"}
+
+        def run(self, crops, tasks=("od", "ocr")):
+            stop.set()  # the signal arrives while the engine works
+            return [{t: TaskOutput(t, Regions.empty(t == "ocr"), False, "", ()) for t in tasks} for _ in crops]
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    cv2.imwrite(str(shots / "a.png"), np.full((64, 64, 3), 10, np.uint8))
+    s = load_settings(None, env={}, overrides={"camera": {"source": str(shots), "loop": True},
+                                              "agent": {"interval": 0.0, "state_dir": str(tmp_path / "st")}})
+    monkeypatch.setattr(agent_mod, "build_engine", lambda settings: StopsMidFrame())
+    code = agent_mod.Agent(s, agent_mod.RunLimits(), stop_event=stop).run(install_signals=False)
+    lines = json_lines(capsys.readouterr().out)
+    assert code == 0 and [r["seq"] for r in lines] == [0]
