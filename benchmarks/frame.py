@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default="/tmp/perf", help="where the exported model is cached")
     p.add_argument("--arch", default="base", choices=("tiny", "base", "large"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default="fp32,int8", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="fp32,int8,int8-384", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--ref-tiles", type=int, default=0,
                    help="measure the reference on this many tiles and scale to the frame (0: all tiles)")
     p.add_argument("--skip-reference", action="store_true")
@@ -210,22 +210,22 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
     return same / max(total, 1), prefix / max(len(a), 1)
 
 
-def box_iou(a: list, b: list) -> tuple[float, int, int]:
-    """Mean IoU of greedily matched boxes (best IoU first), and the two box counts."""
+def box_iou(a: list, b: list) -> list[float]:
+    """IoU of greedily matched box pairs (best IoU first); unmatched boxes are not counted."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     if len(a) == 0 or len(b) == 0:
-        return (1.0 if len(a) == len(b) else 0.0), len(a), len(b)
+        return []
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
     area = lambda z: np.prod(np.clip(z[:, 2:] - z[:, :2], 0, None), axis=1)  # noqa: E731
     iou = inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
     matched = []
-    while iou.size and iou.max() > 0:
+    for _ in range(min(len(a), len(b))):
         i, j = np.unravel_index(np.argmax(iou), iou.shape)
-        matched.append(iou[i, j])
+        matched.append(float(max(iou[i, j], 0.0)))
         iou[i, :], iou[:, j] = -1, -1
-    return float(np.sum(matched) / max(len(a), len(b))), len(a), len(b)
+    return matched
 
 
 def report_agreement(rows: dict, ref: dict | None) -> None:
@@ -235,10 +235,13 @@ def report_agreement(rows: dict, ref: dict | None) -> None:
             if name == "fp32":
                 continue
             tok, prefix = agreement(r["token_ids"], base["token_ids"])
-            ious = [box_iou(x, y) for x, y in zip(r["od_boxes"], base["od_boxes"])]
+            if VARIANTS[name][2] != VARIANTS["fp32"][2]:
+                continue  # another input resolution: not the same question
+            ious = sum((box_iou(x, y) for x, y in zip(r["od_boxes"], base["od_boxes"])), [])
+            n_a, n_b = sum(map(len, r["od_boxes"])), sum(map(len, base["od_boxes"]))
             print(f"agreement {name} vs fp32: tokens equal {100 * tok:.1f}%, common prefix {100 * prefix:.1f}% "
-                  f"of length; <OD> boxes {sum(i[1] for i in ious)} vs {sum(i[2] for i in ious)}, "
-                  f"matched mean IoU {np.mean([i[0] for i in ious]):.3f}")
+                  f"of length; <OD> boxes {n_a} vs {n_b}, {len(ious)} matched pairs, mean IoU "
+                  + (f"{np.mean(ious):.3f}" if ious else "n/a"))
     if ref is not None and "fp32" in rows:
         n = len(ref["token_ids"])
         tok, prefix = agreement(rows["fp32"]["token_ids"][:n], ref["token_ids"])
