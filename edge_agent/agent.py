@@ -90,15 +90,8 @@ def build_gate(settings: Settings):
 
 
 def wait_first_connect(publisher, timeout: float = FIRST_CONNECT_WAIT) -> None:
-    """Until the MQTT publisher has connected or failed once (bounded); stdout: at once."""
-    client = getattr(publisher, "_client", None)
-    if client is None:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.is_connected() or getattr(publisher, "_outage_logged", False):
-            return
-        time.sleep(0.05)
+    """Until the publisher's first broker connection attempt has finished (bounded)."""
+    publisher.wait_connected(timeout)
 
 
 def snapshot_jpeg(image_rgb, result, max_bytes: int) -> bytes | None:

@@ -99,7 +99,7 @@ class ModelDir:
         try:
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(str(src))
+            return AutoTokenizer.from_pretrained(str(src), clean_up_tokenization_spaces=False)
         except ModelError:
             raise
         except Exception as exc:  # transformers raises OSError/ValueError/KeyError here
