@@ -1,5 +1,10 @@
+"""Peak RSS of the int8 engine per stage (6 tiles, 64 decode steps at batch 12).
+
+    python benchmarks/engine_memory_probe.py '{"shared_arena": false}'   # EngineOptions overrides as JSON
+"""
 import sys, time, resource, numpy as np, json
-sys.path.insert(0, "/work/main")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.engine import EngineOptions, Florence2Engine
 from edge_agent.bench import synthetic_shelf, frame_tiles, FrameWorkload, task_settings
 from models.preprocess import preprocess
