@@ -23,7 +23,14 @@ def default_config() -> Path:
         pytest.fail(f"default config missing: {exc}")
 
 
+# ExecStart stand-in outside the paths the unit's sandbox hides: the checkout running these
+# tests (and its venv) may itself live under /tmp or /root, where `install` rightly refuses.
+STANDIN_EXEC = "/usr/bin/env"
+
+
 def invoke(*args: str, euid: int | None = None, monkeypatch=None):
+    if args[0] == "install" and "--exec" not in args:
+        args = (*args, "--exec", STANDIN_EXEC)
     if euid is not None:
         monkeypatch.setattr(cmd_service.os, "geteuid", lambda: euid)
     return CliRunner().invoke(cli, ["service", *args], catch_exceptions=False)
@@ -42,7 +49,7 @@ def test_install_under_a_prefix_writes_unit_config_credential_and_state(tmp_path
     assert result.exit_code == 0, result.output
     lay = layout(tmp_path)
     unit = lay.unit.read_text()
-    exe = cmd_service.current_executable()
+    exe = STANDIN_EXEC
     assert f"ExecStart={exe} run --config /etc/edge-agent/edge-agent.toml" in unit
     assert "DynamicUser=yes" in unit
     assert lay.config.read_bytes() == default_config.read_bytes()
