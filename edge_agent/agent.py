@@ -71,7 +71,8 @@ def build_engine(settings: Settings):
     m = settings.model
     return Florence2Engine(EngineOptions(
         model_dir=m.dir, variant=m.variant, providers=tuple(m.providers), intra_op_threads=m.threads,
-        num_beams=m.num_beams or None, max_new_tokens=m.max_new_tokens))
+        num_beams=m.num_beams or None, max_new_tokens=m.max_new_tokens,
+        decode_batch=m.decode_batch))
 
 
 def build_publisher(settings: Settings):

@@ -92,6 +92,7 @@ class ModelSettings:
     tasks: tuple[str, ...] = ("od", "ocr")
     num_beams: int = 0  # 0: as generation_config.json says
     max_new_tokens: int = 1024
+    decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: all of them
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,7 @@ CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model", "tasks"): _subset_of(("od", "ocr")),
     ("model", "num_beams"): _non_negative,
     ("model", "max_new_tokens"): _positive,
+    ("model", "decode_batch"): _non_negative,
     ("mqtt", "broker"): _broker,
     ("mqtt", "protocol"): _one_of(("3.1.1", "5")),
     ("mqtt", "keepalive"): _positive,
