@@ -67,6 +67,8 @@ def test_unreadable_image_is_one_line_exit_2(tmp_path, content):
 def test_bad_overlap_and_unwritable_drawing_exit_2(frame_path, tmp_path):
     res = run(frame_path, "--overlap", 900)
     assert res.exit_code == 2 and "overlap" in res.output
+    res = run(frame_path, "--overlap", 2.5)  # fractional pixels: a typo for 0.25 or 25
+    assert res.exit_code == 2 and "2.5" in res.output and len(res.output.strip().splitlines()) == 1
     res = run(frame_path, "--draw", tmp_path / "missing-dir" / "x.jpg")
     assert res.exit_code == 2 and "missing-dir" in res.output
 

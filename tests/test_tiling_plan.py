@@ -67,7 +67,7 @@ def test_known_plan_1080p():
                      (0, 312, 768, 1080), (576, 312, 1344, 1080), (1152, 312, 1920, 1080)]
 
 
-@pytest.mark.parametrize("bad", [-0.1, 768, 900, float("nan")])
+@pytest.mark.parametrize("bad", [-0.1, 768, 900, float("nan"), 2.5, 1.5])
 def test_bad_overlap(bad):
     with pytest.raises(ValueError, match="overlap"):
         plan_tiles(1920, 1080, 768, bad)

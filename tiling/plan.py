@@ -50,9 +50,11 @@ class Tile:
 
 
 def overlap_pixels(overlap: float, size: int) -> int:
-    """Overlap given as a ratio of `size` (0 <= r < 1) or as pixels (>= 1), in whole pixels."""
+    """Overlap given as a ratio of `size` (0 <= r < 1) or as whole pixels (>= 1), in whole pixels."""
     if not math.isfinite(overlap) or overlap < 0:
         raise ValueError(f"overlap must be a ratio in [0, 1) or pixels >= 1, got {overlap!r}")
+    if overlap >= 1 and overlap != int(overlap):
+        raise ValueError(f"overlap {overlap!r}: a ratio must be < 1 and pixels a whole number (0.25 or 25, not 2.5)")
     px = math.ceil(overlap * size - 1e-9) if overlap < 1 else math.ceil(overlap)
     if px >= size:
         raise ValueError(f"overlap {overlap!r} ({px} px) must be smaller than the tile ({size} px)")
