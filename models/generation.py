@@ -12,7 +12,6 @@ order.  Lengths count the decoder start token, as transformers' `cur_len` does, 
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.errors import ConfigError, ModelError
+from models.modeldir import read_json
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,9 @@ class GenerationSettings:
         path = Path(path)
         gen_file, cfg_file = path / "generation_config.json", path / "config.json"
         if gen_file.is_file():
-            s = cls.from_dict(_read_json(gen_file), str(gen_file))
+            s = cls.from_dict(read_json(gen_file), str(gen_file))
         elif cfg_file.is_file():
-            cfg = _read_json(cfg_file)
+            cfg = read_json(cfg_file)
             s = cls.from_dict({**cfg, **(cfg.get("text_config") or {})}, str(cfg_file))
         else:
             log.warning("%s: no generation_config.json or config.json; using Florence-2's defaults", path)
@@ -133,16 +133,6 @@ class GenerationSettings:
                     length_penalty=self.length_penalty, early_stopping=self.early_stopping,
                     min_length=self.min_length, min_new_tokens=self.min_new_tokens or None,
                     max_new_tokens=self.max_new_tokens, do_sample=False)
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{file}: cannot read JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{file}: expected a JSON object")
-    return data
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -46,7 +46,8 @@ def normalize_variant(variant: str) -> str:
     return v
 
 
-def _read_json(file: Path) -> dict:
+def read_json(file: Path) -> dict:
+    """A model directory's JSON object; ModelError naming the file otherwise."""
     if not file.is_file():
         raise ModelError(f"{file}: file missing")
     try:
@@ -120,8 +121,8 @@ def open_model_dir(path, variant: str | None = None) -> ModelDir:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelError(f"{path}: model directory not found")
-    config = _read_json(path / "config.json")
-    gen = _read_json(path / "generation_config.json")
+    config = read_json(path / "config.json")
+    gen = read_json(path / "generation_config.json")
     if variant is None:
         chosen = _best_variant(path)
     else:
