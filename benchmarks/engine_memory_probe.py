@@ -2,7 +2,10 @@
 
     python benchmarks/engine_memory_probe.py '{"shared_arena": false}'   # EngineOptions overrides as JSON
 """
-import sys, time, resource, numpy as np, json
+import json
+import resource
+import sys
+import time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.engine import EngineOptions, Florence2Engine

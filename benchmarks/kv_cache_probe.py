@@ -4,7 +4,10 @@ graph) vs com.microsoft GroupQueryAttention writing into a pre-allocated shared 
 
     python benchmarks/kv_cache_probe.py      # ~20 s; see benchmarks/frame-results.md
 """
-import time, sys, numpy as np, onnx, onnxruntime as ort
+import time
+
+import numpy as np
+import onnxruntime as ort
 from onnx import helper as h, TensorProto as T
 B, H, D, LMAX = 6, 12, 64, 1024
 def concat_graph():
