@@ -19,7 +19,34 @@ COMMANDS = {
 }
 
 
+class UsageLine(click.ClickException):
+    """A click usage error as one line on stderr (exit 2), not click's four-line block."""
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"edge-agent: error: {self.format_message()}", err=True, file=file)
+
+
+def _one_line(err: click.UsageError) -> click.UsageError | UsageLine:
+    if isinstance(err, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        return err  # `edge-agent models` with no subcommand: click prints the help
+    where = err.ctx.command_path if err.ctx else "edge-agent"
+    return UsageLine(f"{err.format_message()} (see '{where} --help')")
+
+
 class LazyGroup(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
