@@ -44,21 +44,21 @@ def detect_settings(model, variant, task, num_beams, max_new_tokens, no_tiling):
     return settings, note
 
 
-def as_json(image: str, payload: dict, tasks, raw: list[str] | None) -> dict:
+def as_json(image: str, payload: dict, tasks, raw: dict[str, list[str]] | None) -> dict:
     out = {"image": image, "width": payload["frame"]["width"], "height": payload["frame"]["height"],
            "model": payload["model"]}
     if "od" in tasks:
         out["od"] = {"detections": payload["detections"]}
     if "ocr" in tasks:
         out["ocr"] = {"lines": payload["text"]}
+    for t in tasks if raw is not None else ():
+        out[t]["raw"] = raw[t]  # issue 2: each task object carries its own passes' texts
     out["tiles"] = payload["tiles"]
     out["timings"] = payload["timings"]
-    if raw is not None:
-        out["raw"] = raw
     return out
 
 
-def print_human(image: str, payload: dict, tasks, raw: list[str] | None) -> None:
+def print_human(image: str, payload: dict, tasks, raw: dict[str, list[str]] | None) -> None:
     m = payload["model"]
     click.echo(f"{image}: {payload['frame']['width']}x{payload['frame']['height']}, model {m['name']} ({m['variant']}), "
                f"{payload['tiles']['count']} tiles, {payload['timings'].get('total', 0):.2f} s")
@@ -70,8 +70,9 @@ def print_human(image: str, payload: dict, tasks, raw: list[str] | None) -> None
         click.echo(f"text ({len(payload['text'])}):")
         for t in payload["text"]:
             click.echo(f"  {t['text']!r:<32} {t['quad']}  {t['score']:.2f}")
-    for i, r in enumerate(raw or []):
-        click.echo(f"raw[{i}]: {r}")
+    for t in tasks if raw is not None else ():
+        for i, r in enumerate(raw[t]):
+            click.echo(f"raw {t}[{i}]: {r}")
 
 
 @click.command()
@@ -83,7 +84,7 @@ def print_human(image: str, payload: dict, tasks, raw: list[str] | None) -> None
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Token budget per tile and task.")
 @click.option("--no-tiling", is_flag=True, help="One pass over the whole image.")
 @click.option("--json", "as_json_flag", is_flag=True, help="Print one JSON object.")
-@click.option("--raw", is_flag=True, help="Also give the generated text of every model pass, in pass order.")
+@click.option("--raw", is_flag=True, help="Also give each task's generated text of every model pass, in pass order.")
 @click.option("--draw", type=click.Path(dir_okay=False), default=None, help="Write the image with boxes and text to this JPEG.")
 def detect(image, model, variant, task, num_beams, max_new_tokens, no_tiling, as_json_flag, raw, draw):
     """Detect objects and read text in IMAGE (tiled like the agent does)."""
@@ -96,11 +97,13 @@ def detect(image, model, variant, task, num_beams, max_new_tokens, no_tiling, as
     engine = build_engine(settings)
     tasks = tuple(settings.model.tasks)
     opts = PipelineOptions(tiling=tiling_options(settings), tasks=tasks, model=model_info(engine, note))
-    passes: list[str] = []
+    passes: dict[str, list[str]] = {t: [] for t in tasks}
 
     def observe(tiles, outputs):
         for out in outputs:
-            passes.extend(out[t].raw for t in tasks if t in out)
+            for t in tasks:
+                if t in out:
+                    passes[t].append(out[t].raw)
 
     frame = Frame(Path(image).stem or "image", 0, time.time(), rgb)
     result, _ = process_frame(frame, engine, opts, observe=observe)

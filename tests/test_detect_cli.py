@@ -31,9 +31,12 @@ def test_json_raw_and_draw(tmp_path):
     assert isinstance(doc["od"]["detections"], list) and isinstance(doc["ocr"]["lines"], list)
     for d in doc["od"]["detections"]:
         assert set(d) == {"label", "box", "score"} and len(d["box"]) == 4
-    # one generated text per model pass (tile x task), in pass order
+    # issue 2: each task object carries "raw", one generated text per model pass (tile), in pass order
     tiles = doc["tiles"]["count"]
-    assert tiles >= 2 and len(doc["raw"]) == 2 * tiles and all(isinstance(t, str) and t for t in doc["raw"])
+    assert tiles >= 2 and "raw" not in doc
+    for task in ("od", "ocr"):
+        raw = doc[task]["raw"]
+        assert len(raw) == tiles and all(isinstance(t, str) and t for t in raw)
     drawn = cv2.imread(str(out))
     assert drawn is not None and drawn.shape == (240, 900, 3)
 
@@ -44,7 +47,7 @@ def test_task_od_no_tiling_plain_output(tmp_path):
     r = invoke(str(img), "--model", str(MODEL), "--task", "od", "--no-tiling", "--max-new-tokens", "16", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout.strip().splitlines()[-1])
-    assert "od" in doc and "ocr" not in doc and "raw" not in doc and doc["tiles"]["count"] == 1
+    assert "od" in doc and "ocr" not in doc and "raw" not in doc and "raw" not in doc["od"] and doc["tiles"]["count"] == 1
 
 
 def test_unreadable_image_is_one_line_exit_2(tmp_path):
