@@ -2,9 +2,9 @@
 
     Agent(settings, RunLimits(max_frames=1, drain_timeout=30)).run() -> exit status
 
-Start-up order: cameras are opened first (a missing file is a config error, exit 2, before
-the slow model load), the publisher starts connecting in the background, the model loads,
-the first broker connection attempt is awaited (bounded), then READY=1.
+Start-up order (`edge-agent run` has already checked the model directory): cameras are
+opened first (a missing file is a config error, exit 2, before the slow model load), the
+publisher starts connecting in the background, the model loads, the first broker connection attempt is awaited (bounded), then READY=1.
 
 The loop takes, for every camera whose interval has passed, its newest frame, runs it
 through the pipeline and publishes the result (the MQTT publisher spools it first).
@@ -182,7 +182,8 @@ class Agent:
             self.publisher.close()
         if self.notifier is not None:
             self.notifier.close()
-        log.info("stopped after %d frames", self.stats.frames)
+        if self.cameras or self.publisher is not None:  # not when start-up failed before anything ran
+            log.info("stopped after %d frames", self.stats.frames)
 
     # -------------------------------------------------------------- loop
 

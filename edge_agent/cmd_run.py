@@ -78,6 +78,9 @@ def run(config, camera, source, camera_id, interval, max_frames, once, drain_tim
     if note:
         click.echo(embedded.WARNING, err=True)
     limits = RunLimits(max_frames=1 if once else (max_frames or 0), drain_timeout=drain_timeout, model_note=note)
+    from models.modeldir import open_model_dir
+
+    open_model_dir(settings.model.dir, settings.model.variant)  # cheap: a bad model dir is exit 2 before any start
     try:
         code = Agent(settings, limits).run()
     except click.ClickException:
