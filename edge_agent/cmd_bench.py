@@ -65,6 +65,9 @@ def bench(model_dir, variant, tiles, tokens, tile_size, image, threads, provider
     work = replace(work, tiles=tiles or work.tiles, tile_size=tile_size,
                    od_tokens=tokens or work.od_tokens, ocr_tokens=max(1, (tokens or work.od_tokens) // 2))
     frame = _frame(image, work)
+    from models.modeldir import open_model_dir
+
+    open_model_dir(model_dir, variant)  # cheap: a bad --model is one error line, before any progress output
     _progress(f"loading {model_dir} ...")
     engine = Florence2Engine(EngineOptions(model_dir=model_dir, variant=variant, providers=tuple(providers),
                                            num_beams=1, max_new_tokens=work.od_tokens, intra_op_threads=threads))

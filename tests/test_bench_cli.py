@@ -44,6 +44,7 @@ def test_bench_json():
 def test_bench_bad_model_dir_and_image_exit_2(tmp_path):
     r = CliRunner().invoke(cli, ["bench", "--model", str(tmp_path / "nope"), "--quick"])
     assert r.exit_code == 2 and "nope" in r.output
+    assert r.output.strip().splitlines() == [f"edge-agent: error: {tmp_path / 'nope'}: model directory not found"]
     r = CliRunner().invoke(cli, ["bench", *QUICK, "--image", str(tmp_path / "x.jpg")])
     assert r.exit_code == 2 and "x.jpg" in r.output
 
