@@ -93,6 +93,8 @@ def detect(image, model, variant, task, num_beams, max_new_tokens, no_tiling, as
     from edge_agent.pipeline import PipelineOptions, model_info, process_frame, tiling_options
 
     rgb = read_image(image)
+    if draw and not Path(draw).resolve().parent.is_dir():  # fail before the (slow) model run, not after
+        raise ConfigError(f"--draw {draw}: cannot write the image there (directory missing)")
     settings, note = detect_settings(model, variant, task, num_beams, max_new_tokens, no_tiling)
     engine = build_engine(settings)
     tasks = tuple(settings.model.tasks)
