@@ -27,7 +27,7 @@ def _read_image(path: str):
 @click.option("--tile-size", type=click.IntRange(min=16), default=768, show_default=True,
               help="Tile side in frame pixels.")
 @click.option("--overlap", type=float, default=0.2, show_default=True,
-              help="Overlap between tiles: a ratio of the tile (< 1) or pixels (>= 1).")
+              help="Overlap between tiles: a ratio of the tile (< 1) or whole pixels (>= 1).")
 @click.option("--full-frame", is_flag=True, help="Also plan the down-scaled whole-frame pass.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"width", "height", "tiles": [[x0,y0,x1,y1], ...]}.')
 @click.option("--draw", "draw_to", type=click.Path(dir_okay=False), help="Write the image with the plan drawn on it.")
