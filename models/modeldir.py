@@ -129,8 +129,16 @@ def open_model_dir(path, variant: str | None = None) -> ModelDir:
         chosen = normalize_variant(variant)
         for f in variant_files(path, chosen):
             if not f.is_file():
-                raise ModelError(f"{f}: file missing (variant {chosen.lstrip('_') or 'fp32'})")
+                raise ModelError(f"{f}: file missing (variant {chosen.lstrip('_') or 'fp32'}{_complete_hint(path)})")
     return ModelDir(path=path, variant=chosen, config=config, generation_config=gen)
+
+
+def _complete_hint(path: Path) -> str:
+    """'; complete: fp32 (--variant '')' so the user sees what the folder does hold."""
+    done = [v for v in VARIANTS if all(f.is_file() for f in variant_files(path, v))]
+    if not done:
+        return ""
+    return "; complete: " + ", ".join(f"{v.lstrip('_') or 'fp32'} (--variant '{v}')" for v in done)
 
 
 def _best_variant(path: Path) -> str:

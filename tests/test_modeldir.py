@@ -47,8 +47,10 @@ def test_best_variant_prefers_int8(model):
     assert md.variant == "_int8" and md.available_variants() == ["", "_int8"]
     assert open_model_dir(model, "fp32").variant == ""
     assert open_model_dir(model, "int8").onnx_path("embed_tokens").name == "embed_tokens_int8.onnx"
-    with pytest.raises(ModelError, match="embed_tokens_q4.onnx: file missing"):
+    with pytest.raises(ModelError, match="embed_tokens_q4.onnx: file missing") as e:
         open_model_dir(model, "_q4")
+    # the message says which variants the folder does hold, e.g. after `models export` (fp32 only)
+    assert one_line(e).endswith("(variant q4; complete: fp32 (--variant ''), int8 (--variant '_int8'))")
 
 
 def test_variant_names():
