@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import tomllib
@@ -341,12 +342,16 @@ def _coerce(tp, value, from_text: bool):
     if tp is float:
         if from_text:
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 raise _BadType("expected a number") from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _BadType("expected a number")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            raise _BadType("expected a number")
+        if not math.isfinite(number):  # TOML inf/nan, "1e400": no setting means "forever" this way
+            raise _BadType("expected a finite number")
+        return number
     if tp is Secret:
         if isinstance(value, Secret):
             return value

@@ -48,6 +48,8 @@ def test_file_then_env_then_flags(tmp_path):
 @pytest.mark.parametrize("text, env, needle", [
     ("[agent]\ninterval = -1\n", {}, "[agent] interval = -1.0: must be >= 0"),
     ('[agent]\ninterval = "soon"\n', {}, "[agent] interval = 'soon': expected a number"),
+    ("[agent]\ninterval = inf\n", {}, "[agent] interval = Infinity: expected a finite number"),
+    ("", {"EDGE_AGENT_SPOOL_MAX_MB": "nan"}, "EDGE_AGENT_SPOOL_MAX_MB = 'nan': expected a finite number"),
     ("[agent]\nintervall = 3\n", {}, "[agent] intervall: unknown key"),
     ("[cameraz]\n", {}, "unknown section [cameraz]"),
     ('[model]\nvariant = "_int9"\n', {}, "[model] variant = '_int9': must be one of"),
