@@ -18,6 +18,11 @@ def pytest_report_header(config):
     return f"mqtt broker for tests: {broker_mod.describe_broker()}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Also at the end, where `pytest -q` (which hides the header) still shows it."""
+    terminalreporter.write_line(f"mqtt broker for tests: {broker_mod.describe_broker()}")
+
+
 @pytest.fixture
 def broker(tmp_path):
     """A running plain broker (mosquitto, or amqtt); `broker.stop()`/`start()` keep the port."""
