@@ -21,6 +21,17 @@ def driver(tmp_path, broker, *extra, state="state", password=None):
                       "--state-dir", tmp_path / state, *extra, password=password)
 
 
+def publish_drain_close(tmp_path, broker, n=2, *extra):
+    """A driver publishes n results, waits for every PUBACK, and closes cleanly."""
+    d = driver(tmp_path, broker, *extra)
+    try:
+        d.cmd(f"pub {n}")
+        assert d.cmd("drain 30") == "drained 0"
+        assert d.close() == 0
+    finally:
+        d.cleanup()
+
+
 def results(sub, schema, camera="cam0"):
     """Detections received, schema-checked, QoS 1 duplicates dropped, in arrival order."""
     got = [schema.check(m.payload) for m in sub.on(f"/{camera}/detections")]
@@ -75,13 +86,7 @@ def test_results_counts_status_stats_are_schema_valid(tmp_path, broker, sub, sch
 
 
 def test_retained_counts_and_offline_for_a_late_subscriber(tmp_path, broker, schema):
-    d = driver(tmp_path, broker)
-    try:
-        d.cmd("pub 2")
-        assert d.cmd("drain 30") == "drained 0"
-        assert d.close() == 0
-    finally:
-        d.cleanup()
+    publish_drain_close(tmp_path, broker)
     late = Subscriber(broker, f"{PREFIX}/#").start()
     try:
         late.wait_for(lambda msgs: len(msgs) >= 2, 20, "retained messages")
@@ -156,13 +161,7 @@ def test_mosquitto_sub_receives_schema_valid_results(tmp_path, broker, schema):
     ms = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", f"{PREFIX}/#",
                            "-v", "-q", "1", "-W", "60"], stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)  # let it subscribe
-    d = driver(tmp_path, broker)
-    try:
-        d.cmd("pub 2")
-        assert d.cmd("drain 30") == "drained 0"
-        assert d.close() == 0
-    finally:
-        d.cleanup()
+    publish_drain_close(tmp_path, broker)
     lines = []
     for line in ms.stdout:
         lines.append(line)
