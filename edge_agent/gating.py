@@ -113,16 +113,18 @@ class TileGate:
             return None
 
     def store(self, camera_id: str, tile, outputs, crop: np.ndarray | None = None) -> None:
-        """Remember the outputs of a processed crop (its signature from the last check, or from crop)."""
+        """Remember the outputs of a processed crop (its signature from the last check, or from crop).
+
+        The last check's signature stays available until the next check of that key, so a box
+        that repeats within one round (same frame, same pixels) can be stored twice."""
         if not self.enabled:
             return
         key = (camera_id, _box(tile))
         sig = signature(crop, self.downscale) if crop is not None else None
         with self._lock:
-            sig = sig if sig is not None else self._pending.pop(key, None)
+            sig = sig if sig is not None else self._pending.get(key)
             if sig is None:
                 raise ValueError(f"store({camera_id!r}, {key[1]}): no crop given and no check() before it")
-            self._pending.pop(key, None)
             self._entries[key] = _Entry(sig, outputs, self._clock())
 
     def forget(self, camera_id: str | None = None) -> None:

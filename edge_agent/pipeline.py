@@ -93,7 +93,7 @@ class _Infer:
             for i, out in zip(misses, ran):
                 outs[i] = out
                 if self.gate is not None:
-                    self.gate.store(self.camera_id, tiles[i], out, crop=crops[i])  # boxes may repeat in a round
+                    self.gate.store(self.camera_id, tiles[i], out)  # the signature its check computed
             if self.observe is not None:
                 self.observe([tiles[i] for i in misses], ran)
         self.last_return = time.perf_counter()
