@@ -202,7 +202,7 @@ def _survivor_loop(boxes: np.ndarray, order: np.ndarray, metric: str, threshold:
     while len(rest):
         k, cand = rest[0], rest[1:]
         keep.append(k)
-        inter, denom = _overlap(boxes[np.full(len(cand), k)], boxes[cand], metric)
+        inter, denom = _overlap(boxes[[k]], boxes[cand], metric)  # one row, broadcast
         hit = (g[cand] == g[k]) & (inter > 0)
         hit[hit] = inter[hit] / denom[hit] >= threshold
         owner[cand[hit]] = k
@@ -316,14 +316,15 @@ def _merge_groups(regions: Regions, keep: np.ndarray, owner: np.ndarray, union: 
     slot[keep] = np.arange(len(keep))
     grp = slot[owner]
     b = regions.boxes
-    box = b[keep].copy()
+    own_box = b[keep]
+    box = own_box.copy()
     np.minimum.at(box[:, 0], grp, b[:, 0])
     np.minimum.at(box[:, 1], grp, b[:, 1])
     np.maximum.at(box[:, 2], grp, b[:, 2])
     np.maximum.at(box[:, 3], grp, b[:, 3])
     own = ~union
-    box[own] = b[keep][own]
-    grew = bool((box != b[keep]).any())
+    box[own] = own_box[own]
+    grew = bool((box != own_box).any())
     scores = regions.scores[keep].copy()
     np.maximum.at(scores, grp, regions.scores)
     quads = None if regions.quads is None else regions.quads[keep]
