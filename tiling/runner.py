@@ -92,7 +92,7 @@ def detect_tiled(width: int, height: int, infer: Infer, opts: TilingOptions = Ti
     a tile's objects fit the token budget up front.
     """
     first = _first_round(width, height, opts, density)
-    split_overlap = overlap_pixels(opts.overlap, opts.tile_size) if opts.overlap else 0
+    split_overlap = overlap_pixels(opts.overlap, opts.tile_size)  # 0 for overlap 0
     max_depth = opts.max_depth if opts.enabled else 0
     gathered: dict[str, list[Regions]] = {}
     run, resplit, stuck = [], [], []
