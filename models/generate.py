@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.generation import GenerationSettings, log_softmax, process_scores, softmax
+from models.generation import GenerationSettings, chosen_probs, log_softmax, process_scores
 
 NEG = np.float32(-1.0e9)
 
@@ -79,7 +79,7 @@ class DecoderRunner:
         return logits, dec
 
     def _split(self, out):
-        logits = out["logits"][:, -1, :].astype(np.float32)
+        logits = out["logits"][:, -1, :].astype(np.float32, copy=False)
         dec = [(out[f"present.{i}.decoder.key"], out[f"present.{i}.decoder.value"]) for i in range(self.num_layers)]
         enc = [(out[f"present.{i}.encoder.key"], out[f"present.{i}.encoder.value"]) for i in range(self.num_layers)]
         return logits, dec, enc
@@ -155,7 +155,7 @@ def _greedy(runner, enc_hidden, enc_mask, rows: list[GenerationSettings]) -> lis
         act_rows = [rows[i] for i in active]
         scores = _process_rows(logits, seqs, act_rows)
         tokens = np.argmax(scores, axis=1)
-        p = softmax(scores)[np.arange(len(tokens)), tokens]
+        p = chosen_probs(scores, tokens)
         seqs = np.concatenate([seqs, tokens[:, None]], axis=1)
         for r, i in enumerate(active):
             probs[i].append(float(p[r]))

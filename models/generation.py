@@ -142,8 +142,13 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    return np.exp(log_softmax(x))
+def chosen_probs(scores: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """softmax(scores)[r, tokens[r]] per row, without the full [R, V] softmax (one exp pass)."""
+    m = np.max(scores, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0).astype(scores.dtype)
+    lse = np.log(np.sum(np.exp(scores - m), axis=-1))
+    rows = np.arange(len(tokens))
+    return np.exp((scores[rows, tokens] - m[:, 0]) - lse)
 
 
 def banned_ngram_tokens(ids: np.ndarray, n: int) -> np.ndarray:
