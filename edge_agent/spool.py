@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS messages (
     retain INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
+-- The age bound is checked on every append: without this index that is a scan of the
+-- whole spool (every payload) per result, ~40 ms per append with 90 MB spooled.
+CREATE INDEX IF NOT EXISTS messages_created_at ON messages (created_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
 """
