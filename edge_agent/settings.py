@@ -123,11 +123,6 @@ class MqttConfig:
     def enabled(self) -> bool:
         return bool(self.broker)
 
-    @property
-    def host_port_tls(self) -> tuple[str, int, bool]:
-        u = urlsplit(self.broker)
-        return u.hostname or "", u.port or BROKER_SCHEMES[u.scheme], u.scheme in ("mqtts", "ssl")
-
 
 @dataclass(frozen=True)
 class SpoolSettings:
