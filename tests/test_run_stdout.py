@@ -40,6 +40,17 @@ def make_video(path: Path, frames=3, size=(320, 240)) -> Path:
     return path
 
 
+def one_looping_image_settings(tmp_path: Path):
+    """In-process settings: one 64x64 image, looped, no interval, no config or environment."""
+    from edge_agent.settings import load_settings
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    cv2.imwrite(str(shots / "a.png"), np.full((64, 64, 3), 10, np.uint8))
+    return load_settings(None, env={}, overrides={"camera": {"source": str(shots), "loop": True},
+                                                  "agent": {"interval": 0.0, "state_dir": str(tmp_path / "st")}})
+
+
 def test_run_once_prints_one_schema_valid_line(tmp_path, schema):
     video = make_video(tmp_path / "endcap.avi")
     p = edge_agent("run", "--source", str(video), "--once", "--model", str(MODEL), "--device-id", "dev1",
@@ -120,7 +131,6 @@ def test_frames_failing_in_a_row_end_the_run_with_exit_1(tmp_path, monkeypatch, 
 
     from edge_agent import agent as agent_mod
     from edge_agent.errors import RuntimeFailure
-    from edge_agent.settings import load_settings
 
     class Broken:
         info = {"name": "broken", "variant": "fp32"}
@@ -128,11 +138,7 @@ def test_frames_failing_in_a_row_end_the_run_with_exit_1(tmp_path, monkeypatch, 
         def run(self, crops, tasks=("od", "ocr")):
             raise RuntimeError("onnxruntime: out of memory")
 
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    cv2.imwrite(str(shots / "a.png"), np.full((64, 64, 3), 10, np.uint8))
-    s = load_settings(None, env={}, overrides={"camera": {"source": str(shots), "loop": True},
-                                              "agent": {"interval": 0.0, "state_dir": str(tmp_path / "st")}})
+    s = one_looping_image_settings(tmp_path)
     monkeypatch.setattr(agent_mod, "build_engine", lambda settings: Broken())
     with pytest.raises(RuntimeFailure) as err:
         agent_mod.Agent(s, agent_mod.RunLimits(drain_timeout=0)).run(install_signals=False)
@@ -145,7 +151,6 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
     import threading
 
     from edge_agent import agent as agent_mod
-    from edge_agent.settings import load_settings
     from models.outputs import TaskOutput
     from tiling.regions import Regions
 
@@ -158,11 +163,7 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
             stop.set()  # the signal arrives while the engine works
             return [{t: TaskOutput(t, Regions.empty(t == "ocr"), False, "", ()) for t in tasks} for _ in crops]
 
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    cv2.imwrite(str(shots / "a.png"), np.full((64, 64, 3), 10, np.uint8))
-    s = load_settings(None, env={}, overrides={"camera": {"source": str(shots), "loop": True},
-                                              "agent": {"interval": 0.0, "state_dir": str(tmp_path / "st")}})
+    s = one_looping_image_settings(tmp_path)
     monkeypatch.setattr(agent_mod, "build_engine", lambda settings: StopsMidFrame())
     code = agent_mod.Agent(s, agent_mod.RunLimits(), stop_event=stop).run(install_signals=False)
     lines = json_lines(capsys.readouterr().out)
