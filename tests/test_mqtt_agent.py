@@ -71,6 +71,18 @@ def detections(sub, schema):
     return list(dedupe_by_message_id(schema.check(m.payload) for m in sub.on("/detections")))
 
 
+def restart_broker_and_run_once(broker, sub, video, state, schema, what: str) -> list[dict]:
+    """Bring the broker back, run `--once` on the same state dir (which replays the spool
+    first), wait for at least 4 results; the deduplicated results received."""
+    broker.start()
+    sub.wait_connects(2)
+    p = run_agent(run_args(video, broker, state, "--once"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    sub.wait_for(lambda msgs: len(detections(sub, schema)) >= 4, 60, what)
+    sub.stop()
+    return detections(sub, schema)
+
+
 @pytest.fixture
 def video(tmp_path):
     return make_video(tmp_path / "shelf.avi")
@@ -151,13 +163,7 @@ def test_broker_down_results_stay_spooled_and_the_next_run_replays_them_in_order
     p = run_agent(run_args(video, broker, state, "--max-frames", "3", "--interval", "0", "--drain-timeout", "1"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "unreachable" in p.stderr and "Traceback" not in p.stderr
-    broker.start()
-    sub.wait_connects(2)
-    p = run_agent(run_args(video, broker, state, "--once"))
-    assert p.returncode == 0, p.stderr[-3000:]
-    sub.wait_for(lambda msgs: len(detections(sub, schema)) >= 4, 60, "4 results")
-    sub.stop()
-    got = detections(sub, schema)
+    got = restart_broker_and_run_once(broker, sub, video, state, schema, "4 results")
     assert [r["seq"] for r in got] == [0, 1, 2, 0]  # the three spooled ones first, in order, then the new one
     assert len({r["message_id"] for r in got}) == 4
 
@@ -280,12 +286,7 @@ def test_sigkill_agent_while_broker_down_then_restart_replays_the_spool(tmp_path
         agent.proc.wait(10)
     finally:
         agent.stop()
-    broker.start()
-    sub.wait_connects(2)
-    p = run_agent(run_args(video, broker, state, "--once"))
-    assert p.returncode == 0, p.stderr[-3000:]
-    sub.wait_for(lambda msgs: len(detections(sub, schema)) >= 4, 60, "the spooled results and the new one")
-    sub.stop()
-    seqs = [r["seq"] for r in detections(sub, schema)]
+    got = restart_broker_and_run_once(broker, sub, video, state, schema, "the spooled results and the new one")
+    seqs = [r["seq"] for r in got]
     k = len(seqs) - 1
     assert k >= 3 and seqs == list(range(k)) + [0], seqs  # spooled ones first, in order, none lost
