@@ -24,7 +24,7 @@ import pytest
 
 import broker as broker_mod
 from broker import Subscriber
-from test_sd_notify import FakeSystemd
+from test_sd_notify import FakeSystemd, systemd_path  # noqa: F401 (systemd_path: a fixture used here)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "fixtures" / "tiny-florence2"
@@ -138,14 +138,6 @@ class Agent:
 
 
 @pytest.fixture
-def notify(tmp_path):
-    path = str(tmp_path / "notify.sock")
-    fake = FakeSystemd(path)
-    yield fake, path
-    fake.close()
-
-
-@pytest.fixture
 def camera():
     cam = HangingMjpegCamera(SAMPLE.read_bytes())
     yield cam
@@ -161,8 +153,8 @@ def wait_results(sub: Subscriber, n: int, timeout: float = 120):
                         timeout=timeout, what=f"{n} results")
 
 
-def test_watchdog_follows_frames_and_stops_when_the_camera_hangs(tmp_path, broker, notify, camera):
-    fake, path = notify
+def test_watchdog_follows_frames_and_stops_when_the_camera_hangs(tmp_path, broker, systemd_path, camera):
+    fake, path = systemd_path
     sub = Subscriber(broker, f"edge-agent/{DEVICE}/#").start()
     agent = Agent(tmp_path, camera.url, broker.url, path)
     try:
@@ -194,10 +186,10 @@ def test_watchdog_follows_frames_and_stops_when_the_camera_hangs(tmp_path, broke
 
 
 @pytest.mark.parametrize("sandbox", [False, True], ids=["plain", "unit-seccomp"])
-def test_sigterm_sends_stopping_publishes_offline_and_exits_0(tmp_path, broker, notify, sandbox):
+def test_sigterm_sends_stopping_publishes_offline_and_exits_0(tmp_path, broker, systemd_path, sandbox):
     if sandbox and not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze absent: cannot expand the unit's syscall groups")
-    fake, path = notify
+    fake, path = systemd_path
     sub = Subscriber(broker, f"edge-agent/{DEVICE}/#").start()
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -219,7 +211,7 @@ def test_sigterm_sends_stopping_publishes_offline_and_exits_0(tmp_path, broker, 
         sub.stop()
 
 
-def test_mqtt_password_comes_from_the_systemd_credential(tmp_path, notify):
+def test_mqtt_password_comes_from_the_systemd_credential(tmp_path, systemd_path):
     """As under LoadCredential=mqtt_password:...: the password is read from
     $CREDENTIALS_DIRECTORY/mqtt_password, reaches a broker that requires it, and appears
     neither in argv nor in the log."""
@@ -227,7 +219,7 @@ def test_mqtt_password_comes_from_the_systemd_credential(tmp_path, notify):
         pytest.skip("password brokers need mosquitto")
     password = "cred-" + os.urandom(6).hex()
     b = broker_mod.Broker(tmp_path / "broker", users={"agent": password, "reader": "r"}).start()
-    fake, path = notify
+    fake, path = systemd_path
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "mqtt_password").write_text(password + "\n")
