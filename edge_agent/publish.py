@@ -435,7 +435,9 @@ class MqttPublisher:
         if not self._client.is_connected():
             return False
         if hello:
-            acked = [t for t in self._retained if self._retained_acked(t)]
+            with self._lock:  # the main thread adds a new camera's topics to _retained
+                topics = list(self._retained)
+            acked = [t for t in topics if self._retained_acked(t)]
             with self._lock:
                 self._dirty.update(acked)
         self._send_retained()
