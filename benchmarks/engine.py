@@ -78,10 +78,19 @@ def child_prepare(args) -> dict:
         from models.export import export_random
 
         export_random(args.arch, args.seed, out)
+    if not (out / "onnx" / "decoder_step.onnx").is_file():  # a model prepared before the fast decoder
+        from models.export import export_fast_decoder, random_model
+
+        export_fast_decoder(random_model(args.arch, args.seed), out / "onnx")
     if not (out / "onnx" / "decoder_model_merged_int8.onnx").is_file():
         from models.quantize import quantize_dir
 
         quantize_dir(out, "int8")
+    elif not (out / "onnx" / "decoder_step_int8.onnx").is_file():
+        from models.quantize import quantize_dir
+        from models.modeldir import FAST_PARTS
+
+        quantize_dir(out, "int8", parts=FAST_PARTS)
     return {"dir": str(out)}
 
 

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from edge_agent.errors import ConfigError, ModelError, RuntimeFailure
-from models.generate import DecoderRunner, Generated, generate
+from models.generate import BufferedRunner, DecoderRunner, Generated, generate
 from models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
 from models.outputs import TASKS, TaskOutput
 
@@ -56,6 +56,11 @@ class EngineOptions:
     # peak RSS 1031 vs 1211 MB; 6 tiles + 64 decode steps: 1343 vs 1700 MB; speed unchanged
     # within this machine's noise (benchmarks/frame-results.md).
     shared_arena: bool = True
+    # Decode with edge-agent's fast decoder graphs (decoder_cross_kv + decoder_step, written by
+    # `models export`) when the model directory has them for this variant: the self-attention
+    # cache is a pre-allocated buffer written in place, no per-step copy.  False, or a directory
+    # without them (e.g. onnx-community downloads): decoder_model_merged.
+    fast_decoder: bool = True
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -130,10 +135,14 @@ class Florence2Engine:
         tc = self.dir.text_config()
         heads = tc.get("decoder_attention_heads")
         head_dim = tc["d_model"] // heads if heads and tc.get("d_model") else None
+        fast = self.dir.fast_decoder_paths() if opts.fast_decoder else None
         try:
-            self.runner = DecoderRunner(self.embed, make("decoder_model_merged"), heads, head_dim)
+            if fast:
+                self.runner = BufferedRunner(self.embed, *(_session(p, self.providers, opts) for p in fast))
+            else:
+                self.runner = DecoderRunner(self.embed, make("decoder_model_merged"), heads, head_dim)
         except ValueError as exc:
-            raise ModelError(f"{self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
+            raise ModelError(f"{fast[1] if fast else self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
         self.tokenizer = self.dir.load_tokenizer()
         self.pre_cfg = PreprocessConfig.from_dir(self.dir.path)
         self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
@@ -194,7 +203,6 @@ class Florence2Engine:
     def generate_rows(self, hidden: np.ndarray, mask: np.ndarray,
                       rows: Sequence[GenerationSettings] | None = None) -> list[Generated]:
         """rows: settings per row (default: self.settings for all); greedy rows share each decoder call."""
-        hidden = hidden.astype(_input_dtype(self.runner.dec, "encoder_hidden_states"), copy=False)
         rows = list(rows) if rows is not None else [self.settings] * len(hidden)
         step = self.opts.decode_batch or len(hidden)
         out: list[Generated] = []

@@ -3,6 +3,8 @@
     out/onnx/vision_encoder.onnx        pixel_values [B,3,768,768] -> image_features [B,577,D]
     out/onnx/embed_tokens.onnx          input_ids -> inputs_embeds
     out/onnx/encoder_model.onnx         inputs_embeds, attention_mask -> last_hidden_state
+    out/onnx/decoder_cross_kv.onnx,     edge-agent's fast decoder (optional; models/export_step.py):
+             decoder_step.onnx          used instead of decoder_model_merged when present
     out/onnx/decoder_model_merged.onnx  inputs_embeds, encoder_attention_mask, encoder_hidden_states,
                                         past_key_values.{i}.{decoder,encoder}.{key,value}, use_cache_branch
                                         -> logits, present.{i}.{decoder,encoder}.{key,value}
@@ -66,7 +68,7 @@ ARCHS = {
     "tiny": dict(vision=dict(embed_dim=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
                              num_groups=(1, 2, 2, 4)),
                  text=dict(d_model=24, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                           decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48)),
+                           decoder_attention_heads=3, encoder_ffn_dim=48, decoder_ffn_dim=48)),
     "base": dict(vision=dict(embed_dim=(128, 256, 512, 1024), depths=(1, 1, 9, 1), num_heads=(4, 8, 16, 32),
                              num_groups=(4, 8, 16, 32)),
                  text=dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
@@ -210,6 +212,15 @@ def export_decoder(model, out: Path, tmp: Path) -> None:
     save_onnx(merged, out / "decoder_model_merged.onnx")
 
 
+def export_fast_decoder(model, out: Path) -> None:
+    """edge-agent's fast decoder (decoder_cross_kv + decoder_step, models/export_step.py)."""
+    from models.export_step import CROSS_PART, STEP_PART, build_cross_kv, build_step, decoder_weights
+
+    w = decoder_weights(model)
+    save_onnx(build_cross_kv(w), out / f"{CROSS_PART}.onnx")
+    save_onnx(build_step(w), out / f"{STEP_PART}.onnx")
+
+
 def save_onnx(model, path: Path) -> None:
     """Check and save; weights go to an external `<name>_data` file past protobuf's 2 GB limit."""
     import onnx
@@ -248,6 +259,7 @@ def export_model(model, out_dir, tokenizer_dir=None, generation_config: dict | N
         export_embed(model, onnx_dir)
         export_encoder(model, onnx_dir)
         export_decoder(model, onnx_dir, Path(tmp))
+        export_fast_decoder(model, onnx_dir)
     model.config.to_json_file(str(out / "config.json"))
     write_json(out / "generation_config.json", generation_config or GENERATION_CONFIG)
     write_json(out / "preprocessor_config.json", preprocessor_config or PREPROCESSOR_CONFIG)

@@ -47,42 +47,50 @@ class DecoderRunner:
         if not (isinstance(self.heads, int) and isinstance(self.head_dim, int)):
             raise ValueError("decoder_model_merged: past_key_values shapes are symbolic and no head count was given")
         self.kv_dtype = np.float16 if "float16" in past[0].type else np.float32
-        emb_type = next(i.type for i in decoder_session.get_inputs() if i.name == "inputs_embeds")
-        self.embed_dtype = np.float16 if "float16" in emb_type else np.float32
+        self.hidden_dtype = _dtype_of(decoder_session, "encoder_hidden_states")
+        self.embed_dtype = _dtype_of(decoder_session, "inputs_embeds")
 
     def embed_ids(self, ids: np.ndarray) -> np.ndarray:
         out = self.embed.run(None, {"input_ids": ids.astype(np.int64)})[0]
         return out.astype(self.embed_dtype, copy=False)
 
-    def first(self, tokens: np.ndarray, enc_hidden: np.ndarray, enc_mask: np.ndarray):
-        """tokens [R] -> logits [R, V] (float32), decoder kv list, encoder kv list."""
+    def first(self, tokens: np.ndarray, enc_hidden: np.ndarray, enc_mask: np.ndarray, max_length: int = 0):
+        """tokens [R] -> logits [R, V] (float32), the cache after this step."""
         rows = len(tokens)
         feeds = {"inputs_embeds": self.embed_ids(tokens[:, None]), "encoder_attention_mask": enc_mask,
-                 "encoder_hidden_states": enc_hidden, "use_cache_branch": np.array([False])}
+                 "encoder_hidden_states": enc_hidden.astype(self.hidden_dtype, copy=False),
+                 "use_cache_branch": np.array([False])}
         empty = np.zeros((rows, self.heads, 0, self.head_dim), self.kv_dtype)
         feeds.update({name: empty for name in self.past_names})
         out = dict(zip(self.outputs, self.dec.run(None, feeds)))
-        return self._split(out)
+        return _last(out["logits"]), MergedCache(enc_mask, self._kv(out, "decoder"), self._kv(out, "encoder"))
 
-    def step(self, tokens, enc_mask, dec_kv, enc_kv):
-        """Later steps.  The with-past branch does not read encoder_hidden_states, so an empty one is
-        fed: nothing outside the If (e.g. an int8 graph's activation quantizer) works on it per step."""
+    def step(self, tokens: np.ndarray, cache: "MergedCache") -> np.ndarray:
+        """Later steps; cache is updated.  The with-past branch does not read encoder_hidden_states,
+        so an empty one is fed: nothing outside the If (e.g. an int8 graph's activation quantizer)
+        works on it per step."""
         emb = self.embed_ids(tokens[:, None])
-        feeds = {"inputs_embeds": emb, "encoder_attention_mask": enc_mask,
-                 "encoder_hidden_states": np.zeros((len(tokens), 0, emb.shape[2]), emb.dtype),
+        feeds = {"inputs_embeds": emb, "encoder_attention_mask": cache.mask,
+                 "encoder_hidden_states": np.zeros((len(tokens), 0, emb.shape[2]), self.hidden_dtype),
                  "use_cache_branch": np.array([True])}
         for i in range(self.num_layers):
-            feeds[f"past_key_values.{i}.decoder.key"], feeds[f"past_key_values.{i}.decoder.value"] = dec_kv[i]
-            feeds[f"past_key_values.{i}.encoder.key"], feeds[f"past_key_values.{i}.encoder.value"] = enc_kv[i]
+            feeds[f"past_key_values.{i}.decoder.key"], feeds[f"past_key_values.{i}.decoder.value"] = cache.dec_kv[i]
+            feeds[f"past_key_values.{i}.encoder.key"], feeds[f"past_key_values.{i}.encoder.value"] = cache.enc_kv[i]
         out = dict(zip(self.outputs, self.dec.run(None, feeds)))
-        logits, dec, _ = self._split(out)
-        return logits, dec
+        cache.dec_kv = self._kv(out, "decoder")
+        return _last(out["logits"])
 
-    def _split(self, out):
-        logits = out["logits"][:, -1, :].astype(np.float32, copy=False)
-        dec = [(out[f"present.{i}.decoder.key"], out[f"present.{i}.decoder.value"]) for i in range(self.num_layers)]
-        enc = [(out[f"present.{i}.encoder.key"], out[f"present.{i}.encoder.value"]) for i in range(self.num_layers)]
-        return logits, dec, enc
+    def _kv(self, out: dict, part: str) -> list:
+        return [(out[f"present.{i}.{part}.key"], out[f"present.{i}.{part}.value"]) for i in range(self.num_layers)]
+
+
+def _dtype_of(session, name: str):
+    t = next((i.type for i in session.get_inputs() if i.name == name), "float")
+    return np.float16 if "float16" in t else np.float32
+
+
+def _last(logits: np.ndarray) -> np.ndarray:
+    return logits[:, -1, :].astype(np.float32, copy=False)
 
 
 def _take(kv, idx):
@@ -90,13 +98,92 @@ def _take(kv, idx):
 
 
 @dataclass
-class _Batch:
-    """Cross-attention state of the rows still decoding; re-sliced only when rows leave."""
+class MergedCache:
+    """decoder_model_merged's caches: self-attention kv (replaced every step) and cross-attention kv."""
     mask: np.ndarray
+    dec_kv: list
     enc_kv: list
 
-    def take(self, idx: np.ndarray) -> "_Batch":
-        return _Batch(self.mask[idx], _take(self.enc_kv, idx))
+    def take(self, idx: np.ndarray, cross_idx: np.ndarray | None = None) -> "MergedCache":
+        """Rows idx of the self-attention cache; the cross-attention state is re-sliced only when
+        cross_idx is given (beam search reorders beams every step, but a beam's item stays)."""
+        if cross_idx is None:
+            return MergedCache(self.mask, _take(self.dec_kv, idx), self.enc_kv)
+        return MergedCache(self.mask[cross_idx], _take(self.dec_kv, idx), _take(self.enc_kv, cross_idx))
+
+
+class BufferedRunner:
+    """Runs embed_tokens + edge-agent's fast decoder (models/export_step.py): cross-attention keys
+    and values computed once by decoder_cross_kv, then decoder_step per token, whose
+    GroupQueryAttention nodes write each new key/value in place into a pre-allocated buffer
+    (present.* bound to the past_key_values.* OrtValues), so no step copies the cache."""
+
+    def __init__(self, embed_session, cross_session, step_session):
+        self.embed, self.cross, self.dec = embed_session, cross_session, step_session
+        self.cross_names = [o.name for o in cross_session.get_outputs()]
+        past = [i for i in step_session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.num_layers = len(past) // 2
+        shape = past[0].shape
+        if not (isinstance(shape[1], int) and isinstance(shape[3], int)):
+            raise ValueError("decoder_step: past_key_values must have fixed head count and head size")
+        self.heads, self.head_dim = shape[1], shape[3]
+        self.hidden_dtype = _dtype_of(cross_session, "encoder_hidden_states")
+        self.embed_dtype = np.float32
+
+    embed_ids = DecoderRunner.embed_ids
+
+    def first(self, tokens: np.ndarray, enc_hidden: np.ndarray, enc_mask: np.ndarray, max_length: int = 0):
+        """tokens [R] -> logits [R, V], the cache; max_length: tokens the buffer must hold (>= 1)."""
+        import onnxruntime as ort
+
+        cross = self.cross.run(None, {"encoder_hidden_states": enc_hidden.astype(self.hidden_dtype, copy=False)})
+        cross = [ort.OrtValue.ortvalue_from_numpy(x) for x in cross]
+        shape = (len(tokens), self.heads, max(int(max_length), 1), self.head_dim)
+        bufs = [np.zeros(shape, np.float32) for _ in range(2 * self.num_layers)]
+        cache = BufferCache(enc_mask, bufs, cross, 0)
+        return self.step(tokens, cache), cache
+
+    def step(self, tokens: np.ndarray, cache: "BufferCache") -> np.ndarray:
+        rows = len(tokens)
+        io = self.dec.io_binding()
+        io.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in binding order
+        io.bind_cpu_input("inputs_embeds", self.embed_ids(tokens[:, None]))
+        io.bind_cpu_input("encoder_attention_mask", cache.mask)
+        io.bind_cpu_input("seqlens_k", np.full(rows, cache.length, np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(cache.length + 1, np.int32))
+        for i in range(self.num_layers):
+            for j, kv in enumerate(("key", "value")):
+                buf = cache.ort_bufs[2 * i + j]
+                io.bind_ortvalue_input(f"past_key_values.{i}.decoder.{kv}", buf)
+                io.bind_ortvalue_output(f"present.{i}.decoder.{kv}", buf)
+                io.bind_ortvalue_input(f"cross.{i}.{kv}", cache.cross[2 * i + j])
+        self.dec.run_with_iobinding(io)
+        cache.length += 1
+        return _last(io.get_outputs()[0].numpy())
+
+
+class BufferCache:
+    """Self-attention buffers [R, H, max_length, Dh] filled up to `length`, cross-attention OrtValues."""
+
+    def __init__(self, mask: np.ndarray, bufs: list, cross: list, length: int):
+        import onnxruntime as ort
+
+        self.mask, self.bufs, self.cross, self.length = mask, bufs, cross, length
+        self.ort_bufs = [ort.OrtValue.ortvalue_from_numpy(b) for b in bufs]
+
+    def take(self, idx: np.ndarray, cross_idx: np.ndarray | None = None) -> "BufferCache":
+        import onnxruntime as ort
+
+        n = self.length
+        bufs = []
+        for b in self.bufs:
+            nb = np.zeros((len(idx),) + b.shape[1:], b.dtype)
+            nb[:, :, :n] = b[idx, :, :n]
+            bufs.append(nb)
+        if cross_idx is None:
+            return BufferCache(self.mask, bufs, self.cross, n)
+        cross = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(c.numpy()[cross_idx])) for c in self.cross]
+        return BufferCache(self.mask[cross_idx], bufs, cross, n)
 
 
 def generate(runner: DecoderRunner, enc_hidden: np.ndarray, enc_mask: np.ndarray,
@@ -149,8 +236,7 @@ def _greedy(runner, enc_hidden, enc_mask, rows: list[GenerationSettings]) -> lis
     results: list[Generated | None] = [None] * n
     active = np.arange(n)  # original index of each batch row
     max_len = np.asarray([r.max_length for r in rows])
-    logits, dec_kv, enc_kv = runner.first(seqs[:, 0], enc_hidden, enc_mask)
-    batch = _Batch(enc_mask, enc_kv)
+    logits, cache = runner.first(seqs[:, 0], enc_hidden, enc_mask, int(max_len.max()))
     while True:
         act_rows = [rows[i] for i in active]
         scores = _process_rows(logits, seqs, act_rows)
@@ -169,8 +255,8 @@ def _greedy(runner, enc_hidden, enc_mask, rows: list[GenerationSettings]) -> lis
         if done.any():
             keep = np.flatnonzero(~done)
             active, seqs, tokens = active[keep], seqs[keep], tokens[keep]
-            dec_kv, batch = _take(dec_kv, keep), batch.take(keep)
-        logits, dec_kv = runner.step(tokens, batch.mask, dec_kv, batch.enc_kv)
+            cache = cache.take(keep, keep)
+        logits = runner.step(tokens, cache)
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
@@ -262,10 +348,9 @@ def _beam_search(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Ge
     items = [_BeamItem(s) for _ in range(n)]
     results: list[Generated | None] = [None] * n
     # All K beams of an item start identical, so the first step runs one row per item.
-    logits, dec_kv, enc_kv = runner.first(np.full(n, s.decoder_start_token_id, np.int64), enc_hidden, enc_mask)
+    logits, cache = runner.first(np.full(n, s.decoder_start_token_id, np.int64), enc_hidden, enc_mask, s.max_length)
     rep = np.repeat(np.arange(n), k)
-    logits, dec_kv = logits[rep], _take(dec_kv, rep)
-    batch = _Batch(enc_mask, enc_kv).take(rep)
+    logits, cache = logits[rep], cache.take(rep, rep)
     active = list(range(n))  # item of each block of K rows
     while True:
         seqs = np.concatenate([items[i].run_seqs for i in active])
@@ -281,10 +366,10 @@ def _beam_search(runner, enc_hidden, enc_mask, s: GenerationSettings) -> list[Ge
         if not still:
             return results
         gather = np.concatenate(gather)
-        dec_kv = _take(dec_kv, gather)
+        rows = None
         if len(still) != len(active):
             rows = np.concatenate([np.arange(b * k, (b + 1) * k) for b in still])
-            batch = batch.take(rows)
             active = [active[b] for b in still]
+        cache = cache.take(gather, rows)
         tokens = np.concatenate([items[i].run_seqs[:, -1] for i in active])
-        logits, dec_kv = runner.step(tokens, batch.mask, dec_kv, batch.enc_kv)
+        logits = runner.step(tokens, cache)

@@ -21,6 +21,7 @@ log = logging.getLogger(f"edge_agent.{__name__}")
 
 VARIANTS = ("", "_fp16", "_int8", "_uint8", "_quantized", "_q4", "_q4f16")
 PARTS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model_merged")
+FAST_PARTS = ("decoder_cross_kv", "decoder_step")  # optional: edge-agent's fast decoder (models/export_step.py)
 
 # variant=None picks the first complete variant in this order.  On CPU the int8 graphs
 # decode ~2.7x faster than fp32 (decode is weight-bandwidth bound) at a small accuracy
@@ -80,6 +81,11 @@ class ModelDir:
         if part not in PARTS:
             raise ValueError(f"unknown model part {part!r}: expected one of {PARTS}")
         return self.path / "onnx" / f"{part}{self.variant}.onnx"
+
+    def fast_decoder_paths(self) -> tuple[Path, Path] | None:
+        """(decoder_cross_kv, decoder_step) of this variant when both exist (models/export_step.py)."""
+        paths = tuple(self.path / "onnx" / f"{part}{self.variant}.onnx" for part in FAST_PARTS)
+        return paths if all(p.is_file() for p in paths) else None
 
     def available_variants(self) -> list[str]:
         """Complete variants (all four files present), in VARIANTS order."""

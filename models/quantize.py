@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import PARTS
+from models.modeldir import FAST_PARTS, PARTS
 
 log = logging.getLogger(f"edge_agent.{__name__}")
 
@@ -36,6 +36,7 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf files cannot exceed 2 GB
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
@@ -44,7 +45,8 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     # MatMul is 3.4x faster there (benchmarks/frame-results.md).
     ops = [op for op in IntegerOpsRegistry if op not in ("Conv", "Transpose")]
     quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                     extra_options={"EnableSubgraph": True}, use_external_data_format=_big(src))
+                     extra_options={"EnableSubgraph": True, "DefaultTensorType": TensorProto.FLOAT},
+                     use_external_data_format=_big(src))  # DefaultTensorType: com.microsoft ops' outputs
 
 
 def _quantize_q4(src: Path, dst: Path) -> None:
@@ -111,11 +113,14 @@ def _convert_one(convert, src: Path, dst: Path) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def quantize_dir(path, dtype: str, parts=PARTS) -> list[Path]:
-    """Write the `dtype` variant of the fp32 graphs in DIR/onnx; returns the files written."""
+def quantize_dir(path, dtype: str, parts=None) -> list[Path]:
+    """Write the `dtype` variant of the fp32 graphs in DIR/onnx; returns the files written.
+    parts=None: the four onnx-community parts, plus the fast decoder's when present."""
     if dtype not in CONVERTERS:
         raise ConfigError(f"unknown --dtype {dtype!r}: expected one of {', '.join(CONVERTERS)}")
     onnx_dir = Path(path).expanduser() / "onnx"
+    if parts is None:
+        parts = PARTS + tuple(p for p in FAST_PARTS if (onnx_dir / f"{p}.onnx").is_file())
     sources = [onnx_dir / f"{part}.onnx" for part in parts]
     for src in sources:
         if not src.is_file():

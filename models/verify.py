@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import ModelError
-from models.modeldir import PARTS, ModelDir, open_model_dir, present_variants, variant_files, normalize_variant
+from models.modeldir import FAST_PARTS, PARTS, ModelDir, open_model_dir, present_variants, variant_files, normalize_variant
 from models.onnxmeta import GraphMeta, OnnxFormatError, TensorInfo, read_graph_meta
 
-FLOAT, INT64, BOOL, FLOAT16 = 1, 7, 9, 10
+FLOAT, INT32, INT64, BOOL, FLOAT16 = 1, 6, 7, 9, 10
 FLOATS = (FLOAT, FLOAT16)
 KV_KINDS = ("decoder.key", "decoder.value", "encoder.key", "encoder.value")
 
@@ -48,6 +48,8 @@ def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict
                 {"last_hidden_state": hidden})
     head_dim = e.d_model // e.heads if e.d_model and e.heads else None
     kv = Spec(FLOATS, 4, ((1, e.heads), (3, head_dim)))
+    if part in FAST_PARTS:
+        return _fast_specs(part, e, layers, hidden, head_dim)
     inputs = {"inputs_embeds": hidden, "encoder_attention_mask": Spec((INT64,), 2),
               "encoder_hidden_states": hidden, "use_cache_branch": Spec((BOOL,), 1)}
     outputs = {"logits": Spec(FLOATS, 3)}
@@ -55,6 +57,23 @@ def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict
         for kind in KV_KINDS:
             inputs[f"past_key_values.{i}.{kind}"] = kv
             outputs[f"present.{i}.{kind}"] = kv
+    return inputs, outputs
+
+
+def _fast_specs(part: str, e: Expect, layers: int, hidden: Spec, head_dim: int | None):
+    """edge-agent's fast decoder (models/export_step.py): cross keys are stored transposed."""
+    cross = {f"cross.{i}.{kv}": Spec((FLOAT,), 4, ((1, e.heads), (2 if kv == "key" else 3, head_dim)))
+             for i in range(layers) for kv in ("key", "value")}
+    if part == "decoder_cross_kv":
+        return {"encoder_hidden_states": hidden}, cross
+    buf = Spec((FLOAT,), 4, ((1, e.heads), (3, head_dim)))
+    inputs = {"inputs_embeds": hidden, "encoder_attention_mask": Spec((INT64,), 2),
+              "seqlens_k": Spec((INT32,), 1), "total_sequence_length": Spec((INT32,), 0), **cross}
+    outputs = {"logits": Spec((FLOAT,), 3)}
+    for i in range(layers):
+        for kv in ("key", "value"):
+            inputs[f"past_key_values.{i}.decoder.{kv}"] = buf
+            outputs[f"present.{i}.decoder.{kv}"] = buf
     return inputs, outputs
 
 
@@ -75,13 +94,13 @@ def _check_tensor(file: Path, io: str, t: TensorInfo, spec: Spec) -> None:
 def _decoder_layers(meta: GraphMeta, e: Expect) -> int:
     if e.layers is not None:
         return e.layers
-    idx = [int(t.name.split(".")[1]) for t in meta.inputs
-           if t.name.startswith("past_key_values.") and t.name.split(".")[1].isdigit()]
+    idx = [int(t.name.split(".")[1]) for t in list(meta.inputs) + list(meta.outputs)
+           if t.name.startswith(("past_key_values.", "cross.")) and t.name.split(".")[1].isdigit()]
     return max(idx) + 1 if idx else 0
 
 
 def check_graph(file: Path, part: str, meta: GraphMeta, e: Expect) -> str:
-    layers = _decoder_layers(meta, e) if part == "decoder_model_merged" else 0
+    layers = _decoder_layers(meta, e) if part in ("decoder_model_merged",) + FAST_PARTS else 0
     want_in, want_out = part_specs(part, e, layers)
     got_in = {t.name: t for t in meta.inputs if t.name not in meta.initializers}
     missing = [n for n in want_in if n not in got_in]
@@ -98,8 +117,10 @@ def check_graph(file: Path, part: str, meta: GraphMeta, e: Expect) -> str:
         _check_tensor(file, "input", got_in[name], spec)
     for name, spec in want_out.items():
         _check_tensor(file, "output", got_out[name], spec)
-    if part == "decoder_model_merged":
+    if part == "decoder_model_merged" or part == "decoder_step":
         return f"ok {file.name}: {layers} decoder layers, {got_out['logits'].describe()}"
+    if part == "decoder_cross_kv":
+        return f"ok {file.name}: {layers} layers of cross-attention keys/values"
     ins = " ".join(got_in[n].describe() for n in want_in)
     outs = " ".join(got_out[n].describe() for n in want_out)
     return f"ok {file.name}: {ins} -> {outs}"
@@ -168,6 +189,14 @@ def verify_variant(md: ModelDir, variant: str, e: Expect, n_tok: int) -> list[st
     metas = {part: _read(f) for part, f in files.items()}
     lines = [check_graph(files[p], p, metas[p], e) for p in PARTS]
     lines.append(_check_vocab(md, files, metas, n_tok))
+    fast = {p: md.path / "onnx" / f"{p}{variant}.onnx" for p in FAST_PARTS}
+    if any(f.is_file() for f in fast.values()):
+        for part, f in fast.items():
+            if not f.is_file():
+                raise ModelError(f"{f}: file missing (the fast decoder needs {' and '.join(FAST_PARTS)})")
+            lines.append(check_graph(f, part, _read(f), e))
+    else:
+        lines.append("fast decoder: absent (decoder_model_merged is used)")
     return lines
 
 

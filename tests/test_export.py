@@ -14,6 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from fixtures.make_tiny_model import DEFAULT_OUT as TINY, build_torch_model  # noqa: E402
 
 PARTS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model_merged")
+FAST_PARTS = ("decoder_cross_kv", "decoder_step")
 OD_IDS = [0, 574, 22486, 5, 8720, 19, 4120, 766, 11, 5, 2274, 4, 2]
 
 
@@ -33,7 +34,7 @@ def sessions():
 
 def test_layout_files_present():
     for suffix in ("", "_int8"):
-        for part in PARTS:
+        for part in PARTS + FAST_PARTS:
             assert (TINY / "onnx" / f"{part}{suffix}.onnx").is_file(), part + suffix
     for name in ("config.json", "generation_config.json", "preprocessor_config.json", "vocab.json", "merges.txt",
                  "tokenizer_config.json"):
@@ -42,7 +43,7 @@ def test_layout_files_present():
     assert (gen["decoder_start_token_id"], gen["forced_bos_token_id"], gen["forced_eos_token_id"]) == (2, 0, 2)
     assert (gen["no_repeat_ngram_size"], gen["num_beams"]) == (3, 3)
     size = sum(f.stat().st_size for f in TINY.rglob("*") if f.is_file())
-    assert size < 20e6, size
+    assert size < 25e6, size  # 23.2 MB with the fast decoder graphs (their lm_head is 4.9 MB in fp32)
 
 
 def test_tensor_names(sessions):

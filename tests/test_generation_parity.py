@@ -52,21 +52,23 @@ def tiles():
 _ENGINES: dict = {}
 
 
-def engine(num_beams: int, max_new: int = MAX_NEW) -> Florence2Engine:
-    key = (num_beams, max_new)
+def engine(num_beams: int, max_new: int = MAX_NEW, fast: bool = True) -> Florence2Engine:
+    """fast: edge-agent's fast decoder (decoder_step); False: onnx-community's decoder_model_merged."""
+    key = (num_beams, max_new, fast)
     if key not in _ENGINES:
         _ENGINES[key] = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=num_beams,
-                                                      max_new_tokens=max_new))
+                                                      max_new_tokens=max_new, fast_decoder=fast))
+        assert type(_ENGINES[key].runner).__name__ == ("BufferedRunner" if fast else "DecoderRunner")
     return _ENGINES[key]
 
 
 _RUNS: dict = {}
 
 
-def engine_run(tiles, num_beams: int, max_new: int = MAX_NEW):
-    key = (num_beams, max_new)
+def engine_run(tiles, num_beams: int, max_new: int = MAX_NEW, fast: bool = True):
+    key = (num_beams, max_new, fast)
     if key not in _RUNS:
-        _RUNS[key] = engine(num_beams, max_new).run(tiles, ("od", "ocr"))
+        _RUNS[key] = engine(num_beams, max_new, fast).run(tiles, ("od", "ocr"))
     return _RUNS[key]
 
 
@@ -110,10 +112,11 @@ def test_outputs_depend_on_image_and_task(tiles):
     assert len(lengths) >= 3 and max(lengths) == MAX_NEW + 1, lengths
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["decoder_step", "decoder_model_merged"])
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_token_ids_equal_transformers(model, tiles, num_beams):
-    eng = engine(num_beams)
-    outs = engine_run(tiles, num_beams)
+def test_token_ids_equal_transformers(model, tiles, num_beams, fast):
+    eng = engine(num_beams, fast=fast)
+    outs = engine_run(tiles, num_beams, fast=fast)
     for task in ("od", "ocr"):
         ref = reference(model, eng, tiles, task)
         for i in range(len(tiles)):
@@ -124,10 +127,11 @@ def test_token_ids_equal_transformers(model, tiles, num_beams):
             assert len(outs[i][task].token_ids) == len(got)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["decoder_step", "decoder_model_merged"])
 @pytest.mark.parametrize("early_stopping,length_penalty", [(False, 2.0), ("never", 0.5)])
-def test_beam_search_variants_equal_transformers(model, tiles, early_stopping, length_penalty):
+def test_beam_search_variants_equal_transformers(model, tiles, early_stopping, length_penalty, fast):
     """The other early-stopping heuristics and length penalties of transformers' beam search."""
-    eng = engine(3)
+    eng = engine(3, fast=fast)
     s = eng.settings.with_overrides(early_stopping=early_stopping, length_penalty=length_penalty,
                                     max_new_tokens=20)
     feats = eng.image_features(preprocess(tiles, eng.pre_cfg))
@@ -160,11 +164,12 @@ def _probs(eng, tiles, i, task):
     return generate(eng.runner, hidden, mask, eng.settings)[0].probs
 
 
-def test_first_step_logits_allclose(model, tiles):
-    eng = engine(1)
+@pytest.mark.parametrize("fast", [True, False], ids=["decoder_step", "decoder_model_merged"])
+def test_first_step_logits_allclose(model, tiles, fast):
+    eng = engine(1, fast=fast)
     feats = eng.image_features(preprocess(tiles, eng.pre_cfg))
     hidden, mask = eng.encode(feats, ("od",))
-    logits, _, _ = eng.runner.first(np.full(len(tiles), 2, np.int64), hidden, mask)
+    logits, _ = eng.runner.first(np.full(len(tiles), 2, np.int64), hidden, mask)
     px = torch.from_numpy(preprocess(tiles, eng.pre_cfg))
     ids = torch.tensor([eng.prompt_ids("od")] * len(tiles))
     inputs = torch.cat([torch.full((len(tiles), 577), IMAGE_TOKEN), ids], 1)

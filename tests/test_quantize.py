@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import PARTS, VARIANTS, open_model_dir, verify
+from models.modeldir import FAST_PARTS, PARTS, VARIANTS, open_model_dir, verify
 from models.onnxmeta import read_graph_meta
 from models.quantize import quantize_dir
 
@@ -25,7 +25,8 @@ def fp32_dir(tmp_path_factory):
         pytest.skip("tiny fixture model not present")
     d = tmp_path_factory.mktemp("q") / "m"
     variants = [f"*{v}.onnx" for v in VARIANTS if v]
-    shutil.copytree(TINY, d, ignore=shutil.ignore_patterns(*variants))  # fp32 graphs only
+    fast = [f"{p}.onnx" for p in FAST_PARTS]  # quantized with the rest in tests/test_fast_decoder.py
+    shutil.copytree(TINY, d, ignore=shutil.ignore_patterns(*variants, *fast))  # the four fp32 graphs only
     assert sorted(p.name for p in (d / "onnx").iterdir()) == sorted(f"{part}.onnx" for part in PARTS)
     return d
 

@@ -1,0 +1,96 @@
+"""edge-agent's fast decoder (models/export_step.py): in-place KV buffer, fallback, verify.
+
+Token parity with transformers for both decoders is in tests/test_generation_parity.py."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures.make_tiny_model import DEFAULT_OUT as TINY  # noqa: E402
+
+from edge_agent.errors import ModelError  # noqa: E402
+from models.engine import EngineOptions, Florence2Engine  # noqa: E402
+from models.generate import BufferedRunner, DecoderRunner  # noqa: E402
+from models.preprocess import preprocess  # noqa: E402
+from models.verify import verify_dir  # noqa: E402
+
+
+def _encoded(eng, n=2):
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 255, (300 + 40 * i, 400, 3), dtype=np.uint8) for i in range(n)]
+    return eng.encode(eng.image_features(preprocess(tiles, eng.pre_cfg)), ("od",))
+
+
+def test_step_writes_into_the_bound_buffer_and_matches_the_merged_cache():
+    fast = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
+    merged = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1, fast_decoder=False))
+    assert isinstance(fast.runner, BufferedRunner) and isinstance(merged.runner, DecoderRunner)
+    hidden, mask = _encoded(fast)
+    start = np.full(len(hidden), 2, np.int64)
+    lf, cf = fast.runner.first(start, hidden, mask, max_length=8)
+    lm, cm = merged.runner.first(start, hidden, mask)
+    buf_before = [b.__array_interface__["data"][0] for b in cf.bufs]
+    tokens = np.array([0, 0])
+    for step in range(1, 5):
+        np.testing.assert_allclose(lf, lm, atol=1e-4, rtol=1e-4)
+        lf, lm = fast.runner.step(tokens, cf), merged.runner.step(tokens, cm)
+        tokens = np.argmax(lm, axis=1)
+        assert cf.length == step + 1
+        for layer, (k, v) in enumerate(cm.dec_kv):  # merged: [R, H, step+1, Dh], copied each step
+            np.testing.assert_allclose(cf.bufs[2 * layer][:, :, :step + 1], k, atol=1e-5)
+            np.testing.assert_allclose(cf.bufs[2 * layer + 1][:, :, :step + 1], v, atol=1e-5)
+        assert not cf.bufs[0][:, :, step + 1:].any()  # nothing written past the filled length
+    assert [b.__array_interface__["data"][0] for b in cf.bufs] == buf_before  # same buffers, no reallocation
+
+
+def test_take_keeps_the_filled_rows():
+    eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
+    hidden, mask = _encoded(eng, 3)
+    _, cache = eng.runner.first(np.full(3, 2, np.int64), hidden, mask, max_length=6)
+    eng.runner.step(np.zeros(3, np.int64), cache)
+    kept = cache.take(np.array([2, 0]), np.array([2, 0]))
+    assert kept.length == 2 and kept.bufs[0].shape[0] == 2
+    np.testing.assert_array_equal(kept.bufs[0][:, :, :2], cache.bufs[0][[2, 0], :, :2])
+    np.testing.assert_array_equal(kept.mask, cache.mask[[2, 0]])
+    np.testing.assert_array_equal(kept.cross[0].numpy(), cache.cross[0].numpy()[[2, 0]])
+    reordered = cache.take(np.array([1, 1, 0]))  # beam reorder: cross-attention state kept as is
+    assert reordered.cross is cache.cross
+
+
+@pytest.fixture
+def tiny_copy(tmp_path):
+    dst = tmp_path / "tiny"
+    shutil.copytree(TINY, dst)
+    return dst
+
+
+def test_directory_without_fast_graphs_uses_decoder_model_merged(tiny_copy):
+    for f in (tiny_copy / "onnx").glob("decoder_[cs]*.onnx"):
+        f.unlink()
+    eng = Florence2Engine(EngineOptions(model_dir=tiny_copy, variant=""))
+    assert isinstance(eng.runner, DecoderRunner)
+    assert any("fast decoder: absent" in line for line in verify_dir(tiny_copy, ""))
+
+
+def test_verify_names_the_missing_half_of_the_fast_decoder(tiny_copy):
+    (tiny_copy / "onnx" / "decoder_cross_kv_int8.onnx").unlink()
+    with pytest.raises(ModelError, match=r"decoder_cross_kv_int8\.onnx: file missing \(the fast decoder needs"):
+        verify_dir(tiny_copy, "int8")
+
+
+def test_quantize_writes_the_fast_decoder_and_int8_decodes(tiny_copy):
+    from models.quantize import quantize_dir
+
+    for f in (tiny_copy / "onnx").glob("*_int8.onnx"):
+        f.unlink()
+    written = {p.name for p in quantize_dir(tiny_copy, "int8")}
+    assert {"decoder_cross_kv_int8.onnx", "decoder_step_int8.onnx"} <= written
+    eng = Florence2Engine(EngineOptions(model_dir=tiny_copy, variant="int8", num_beams=1, max_new_tokens=6))
+    assert isinstance(eng.runner, BufferedRunner)
+    out = eng.run([np.full((200, 300, 3), 90, np.uint8)], ("od",))[0]["od"]
+    assert out.token_ids[0] == 2 and 2 <= len(out.token_ids) <= 7
