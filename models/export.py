@@ -242,8 +242,10 @@ def copy_tokenizer(src: Path, out: Path) -> None:
     src = Path(src)
     if not (src / "vocab.json").is_file() and not (src / "tokenizer.json").is_file():
         raise ModelError(f"{src}: no tokenizer files (vocab.json or tokenizer.json)")
+    # tokenizer.json holds the vocabulary and merges too: with it, vocab.json/merges.txt are not copied
+    skip = ("vocab.json", "merges.txt") if (src / "tokenizer.json").is_file() else ()
     for name in TOKENIZER_FILES:
-        if (src / name).is_file():
+        if (src / name).is_file() and name not in skip:
             shutil.copyfile(src / name, out / name)
 
 

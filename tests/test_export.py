@@ -36,7 +36,7 @@ def test_layout_files_present():
     for suffix in ("", "_int8"):
         for part in PARTS + FAST_PARTS:
             assert (TINY / "onnx" / f"{part}{suffix}.onnx").is_file(), part + suffix
-    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "vocab.json", "merges.txt",
+    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
                  "tokenizer_config.json"):
         assert (TINY / name).is_file(), name
     gen = json.loads((TINY / "generation_config.json").read_text())
@@ -122,7 +122,7 @@ def test_export_from_checkpoint_roundtrip(tmp_path: Path, model):
     (ckpt / "generation_config.json").write_text(json.dumps({"num_beams": 5, "decoder_start_token_id": 2}))
     out = export_from_checkpoint(ckpt, tmp_path / "out")
     assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 5
-    assert (out / "vocab.json").is_file()  # default tokenizer
+    assert (out / "tokenizer.json").is_file()  # default tokenizer
     a = ort.InferenceSession(str(out / "onnx" / "embed_tokens.onnx")).run(None, {"input_ids": np.array([[5, 7]])})
     b = _session("embed_tokens").run(None, {"input_ids": np.array([[5, 7]])})
     np.testing.assert_allclose(a[0], b[0])

@@ -70,7 +70,7 @@ def test_pull_from_fake_hub(tmp_path, monkeypatch):
     assert calls == ["onnx-community/Florence-2-base-ft"]
     assert sorted(p.name for p in (out / "onnx").iterdir()) == sorted(
         f"{p}_int8.onnx" for p in ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model_merged"))
-    assert (out / "vocab.json").is_file() and (out / "config.json").is_file()
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
     with pytest.raises(ModelError, match="vision_encoder_q4.onnx: file missing"):
         pull("base", "q4", tmp_path / "m2")  # the repository lacks that variant
 
