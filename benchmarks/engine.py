@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import platform
 import resource
@@ -78,6 +79,10 @@ def child_prepare(args) -> dict:
         from models.export import export_random
 
         export_random(args.arch, args.seed, out)
+    if not (out / "tokenizer.json").is_file():  # a model prepared before the lean tokenizer
+        from models.modeldir import BUNDLED_TOKENIZER
+
+        shutil.copyfile(BUNDLED_TOKENIZER / "tokenizer.json", out / "tokenizer.json")
     if not (out / "onnx" / "decoder_step.onnx").is_file():  # a model prepared before the fast decoder
         from models.export import export_fast_decoder, random_model
 

@@ -47,10 +47,13 @@ class EngineOptions:
     vision_batch: int = 0
     encoder_batch: int = 0
     decode_batch: int = 0  # sequences decoded together (bounds the KV-cache memory); 0: all of them
-    # ORT memory: the CPU arena keeps the largest activations' memory for the process's life;
-    # the memory pattern pre-plans one block per input shape.  See benchmarks/frame-results.md.
+    # ORT memory: the CPU arena keeps the largest activations' memory for the process's life.
+    # The memory pattern pre-plans one block per input shape; off by default because that block
+    # is allocated beside the arena's free chunks: base int8 vision tower, one 768 tile, second
+    # run +171 MB peak RSS with it, +2 MB without, and 0.70 vs 0.73 s/tile.  See
+    # benchmarks/frame-results.md.
     cpu_mem_arena: bool = True
-    mem_pattern: bool = True
+    mem_pattern: bool = False
     # One CPU arena shared by the four sessions (ORT's environment allocator): the decoder reuses
     # the memory the vision tower freed instead of growing its own arena.  Base int8, 2 tiles:
     # peak RSS 1031 vs 1211 MB; 6 tiles + 64 decode steps: 1343 vs 1700 MB; speed unchanged
@@ -61,6 +64,11 @@ class EngineOptions:
     # cache is a pre-allocated buffer written in place, no per-step copy.  False, or a directory
     # without them (e.g. onnx-community downloads): decoder_model_merged.
     fast_decoder: bool = True
+    # Return the arena's free memory to the OS after each stage's last vision-tower and
+    # text-encoder call of a frame (ORT's memory.enable_memory_arena_shrinkage), so the decode's
+    # caches do not sit on top of the vision tower's activation memory.  Base int8, one 768 tile:
+    # +262 MB resident after the run without, +8 MB with; the next call re-grows it (~0.05 s).
+    arena_shrink: bool = True
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -102,11 +110,11 @@ def _session(path: Path, providers: list[str], opts: EngineOptions):
 
 
 _SHARED_ARENA: list = []
-ARENA_STRATEGY = 0  # 0: kNextPowerOfTwo, 1: kSameAsRequested
+ARENA_STRATEGY = 0  # 0: kNextPowerOfTwo, 1: kSameAsRequested (measured worse: 1234 vs 1135 MB after vision)
 
 
 def _register_shared_arena() -> None:
-    """Register (once per process) a CPU arena that grows by the size requested, for all sessions."""
+    """Register (once per process) one CPU arena for all sessions."""
     import onnxruntime as ort
 
     if _SHARED_ARENA:
@@ -169,9 +177,20 @@ class Florence2Engine:
         """[T,3,H,W] -> [T,577,D], in chunks of opts.vision_batch tiles."""
         dtype = _input_dtype(self.vision)
         step = self._chunk(self.opts.vision_batch)
-        parts = [self.vision.run(None, {"pixel_values": pixel_values[i:i + step].astype(dtype, copy=False)})[0]
-                 for i in range(0, len(pixel_values), step)]
+        starts = range(0, len(pixel_values), step)
+        parts = [self.vision.run(None, {"pixel_values": pixel_values[i:i + step].astype(dtype, copy=False)},
+                                 self._run_options(i == starts[-1]))[0] for i in starts]
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _run_options(self, last: bool):
+        """RunOptions that shrink the arena after the call (opts.arena_shrink), for a stage's last call."""
+        if not (last and self.opts.arena_shrink and self.opts.cpu_mem_arena):
+            return None
+        import onnxruntime as ort
+
+        ro = ort.RunOptions()
+        ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return ro
 
     def prompt_ids(self, task: str) -> list[int]:
         from models.prompts import prompt_for
@@ -195,9 +214,10 @@ class Florence2Engine:
             x[i, :len(r)], mask[i, :len(r)] = r, 1
         dtype = _input_dtype(self.encoder)
         step = self._chunk(self.opts.encoder_batch)
+        starts = range(0, len(x), step)
         hidden = [self.encoder.run(None, {"inputs_embeds": x[i:i + step].astype(dtype, copy=False),
-                                          "attention_mask": mask[i:i + step]})[0]
-                  for i in range(0, len(x), step)]
+                                          "attention_mask": mask[i:i + step]}, self._run_options(i == starts[-1]))[0]
+                  for i in starts]
         return np.concatenate(hidden), mask
 
     def generate_rows(self, hidden: np.ndarray, mask: np.ndarray,

@@ -51,15 +51,23 @@ def test_step_writes_into_the_bound_buffer_and_matches_the_merged_cache():
 def test_take_keeps_the_filled_rows():
     eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
     hidden, mask = _encoded(eng, 3)
-    _, cache = eng.runner.first(np.full(3, 2, np.int64), hidden, mask, max_length=6)
+    start = np.full(3, 2, np.int64)
+    _, cache = eng.runner.first(start, hidden, mask, max_length=6)
     eng.runner.step(np.zeros(3, np.int64), cache)
-    kept = cache.take(np.array([2, 0]), np.array([2, 0]))
-    assert kept.length == 2 and kept.bufs[0].shape[0] == 2
-    np.testing.assert_array_equal(kept.bufs[0][:, :, :2], cache.bufs[0][[2, 0], :, :2])
-    np.testing.assert_array_equal(kept.mask, cache.mask[[2, 0]])
-    np.testing.assert_array_equal(kept.cross[0].numpy(), cache.cross[0].numpy()[[2, 0]])
-    reordered = cache.take(np.array([1, 1, 0]))  # beam reorder: cross-attention state kept as is
-    assert reordered.cross is cache.cross
+    want_self, want_cross = cache.bufs[0][[2, 0, 0], :, :2].copy(), cache.cross[0][[0, 2]].copy()
+    reordered = cache.take(np.array([2, 0, 0]))  # beam reorder: copied; cross-attention state kept as is
+    assert reordered.cross is cache.cross and reordered.length == 2
+    np.testing.assert_array_equal(reordered.bufs[0][:, :, :2], want_self)
+    base = cache.cross[0].__array_interface__["data"][0]
+    kept = cache.take(np.array([0, 2]), np.array([0, 2]))  # rows leaving: compacted in place
+    assert kept.bufs[0].shape[0] == 2 and kept.cross[0].__array_interface__["data"][0] == base
+    np.testing.assert_array_equal(kept.cross[0], want_cross)
+    np.testing.assert_array_equal(kept.mask, mask[[0, 2]])
+    # decoding on from the compacted cache gives what a fresh two-row decode gives
+    l1 = eng.runner.step(np.array([5, 6]), kept)
+    _, fresh = eng.runner.first(start[:2], hidden[[0, 2]], mask[[0, 2]], max_length=6)
+    eng.runner.step(np.zeros(2, np.int64), fresh)
+    np.testing.assert_allclose(l1, eng.runner.step(np.array([5, 6]), fresh), atol=1e-5)
 
 
 @pytest.fixture
