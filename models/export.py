@@ -150,11 +150,12 @@ def export_vision(model, out: Path, side: int = 768) -> None:
     """side: the input resolution baked into the graph (768 as published; 384 for the low-resolution
     option, 145 image tokens instead of 577, see with_vision_side)."""
     import torch
-    from models.export_wrappers import VisionWrapper
+    from models.export_wrappers import VisionWrapper, export_layouts
 
     pixel = torch.randn(1, 3, side, side)
-    _export(VisionWrapper(model), (pixel,), out / "vision_encoder.onnx", ["pixel_values"], ["image_features"],
-            {"pixel_values": {0: "batch_size"}, "image_features": {0: "batch_size"}})
+    with export_layouts():
+        _export(VisionWrapper(model), (pixel,), out / "vision_encoder.onnx", ["pixel_values"], ["image_features"],
+                {"pixel_values": {0: "batch_size"}, "image_features": {0: "batch_size"}})
 
 
 def export_embed(model, out: Path) -> None:

@@ -17,6 +17,8 @@ module only at export time: it needs torch.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -67,6 +69,24 @@ def _positions(embed_positions: nn.Embedding, start, length, device) -> torch.Te
     return nn.functional.embedding(ids, embed_positions.weight)[None]
 
 
+def channel_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """`Florence2VisionChannelAttention.forward` (transformers 5), same arithmetic, other layouts.
+
+    transformers moves the token axis last (`permute(2, 0, 3, 4, 1)` of [B, N, 3, G, D]), which
+    ONNX Runtime runs as 5-D Transposes at ~0.7 GB/s: 213 of 751 ms per 768 tile (base int8
+    profile).  Here q, k and v stay [B, G, N, D] (4-D swaps of two middle axes, fast paths) and
+    the two products are taken transposed: q^T k is the same [B, G, D, D] as q_t k_t^T, and
+    v w^T is (w v)^T."""
+    b, n, c = hidden_states.shape
+    g = self.groups
+    q, k, v = self.qkv(hidden_states).reshape(b, n, 3, g, c // g).unbind(2)  # [B, N, G, D] each
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))  # [B, G, N, D]
+    w = torch.matmul(q.transpose(-1, -2), k) * (n ** -0.5)  # [B, G, D, D]
+    w = nn.functional.softmax(w, dim=-1)
+    out = torch.matmul(v, w.transpose(-1, -2))  # [B, G, N, D]
+    return self.proj(out.permute(0, 2, 1, 3).reshape(b, n, c))
+
+
 class VisionWrapper(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -74,6 +94,19 @@ class VisionWrapper(nn.Module):
 
     def forward(self, pixel_values):
         return self.model.get_image_features(pixel_values).pooler_output
+
+
+@contextmanager
+def export_layouts():
+    """Export-time forwards that ONNX Runtime runs faster (same results; see channel_attention_forward)."""
+    from transformers.models.florence2 import modeling_florence2 as mf
+
+    original = mf.Florence2VisionChannelAttention.forward
+    mf.Florence2VisionChannelAttention.forward = channel_attention_forward
+    try:
+        yield
+    finally:
+        mf.Florence2VisionChannelAttention.forward = original
 
 
 class EmbedWrapper(nn.Module):
