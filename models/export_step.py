@@ -189,7 +189,10 @@ def build_step(w: DecoderWeights, kv_dtype=np.float32):
         ck, cv = f"cross.{i}.key", f"cross.{i}.value"
         if cross_elem == F16:
             ck, cv = g.op("Cast", [ck], to=F32), g.op("Cast", [cv], to=F32)
-        s = g.op("Add", [g.op("Mul", [g.op("MatMul", [qc, ck]), scale]), bias])
+        # (q k + bias) * scale, not q k * scale + bias: equal (bias is 0 or float32 min, which stays
+        # a weight of 0 after softmax either way) and ORT does not fuse it into FusedMatMul, which ran
+        # 3x slower than MatMul here (base int8, 12 rows: 5.5 vs 1.85 ms per step for the same bytes)
+        s = g.op("Mul", [g.op("Add", [g.op("MatMul", [qc, ck]), bias]), scale])
         o = g.op("MatMul", [g.op("Softmax", [s], axis=-1), cv])
         o = g.op("Reshape", [g.op("Transpose", [o], perm=[0, 2, 1, 3]), g.shape_const([0, -1, d])])
         h = g.norm(g.op("Add", [h, g.linear(o, layer.cout, f"l{i}.cout")]), layer.cross_norm, f"l{i}.cross_norm")
