@@ -65,9 +65,10 @@ class EngineOptions:
     # without them (e.g. onnx-community downloads): decoder_model_merged.
     fast_decoder: bool = True
     # Return the arena's free memory to the OS after each stage's last vision-tower and
-    # text-encoder call of a frame (ORT's memory.enable_memory_arena_shrinkage), so the decode's
-    # caches do not sit on top of the vision tower's activation memory.  Base int8, one 768 tile:
-    # +262 MB resident after the run without, +8 MB with; the next call re-grows it (~0.05 s).
+    # text-encoder call of a frame, and after the fast decoder's cross-attention call (ORT's
+    # memory.enable_memory_arena_shrinkage), so the decode's caches do not sit on top of the
+    # vision tower's activation memory.  Base int8, one 768 tile: +262 MB resident after the run
+    # without, +8 MB with; the next call re-grows it (~0.05 s).
     arena_shrink: bool = True
 
 
@@ -146,7 +147,8 @@ class Florence2Engine:
         fast = self.dir.fast_decoder_paths() if opts.fast_decoder else None
         try:
             if fast:
-                self.runner = BufferedRunner(self.embed, *(_session(p, self.providers, opts) for p in fast))
+                self.runner = BufferedRunner(self.embed, *(_session(p, self.providers, opts) for p in fast),
+                                             cross_run_options=self._run_options(True))
             else:
                 self.runner = DecoderRunner(self.embed, make("decoder_model_merged"), heads, head_dim)
         except ValueError as exc:

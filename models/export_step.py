@@ -1,18 +1,21 @@
 """edge-agent's fast decoder: two graphs built with `onnx.helper` from the decoder's weights.
 
-    onnx/decoder_cross_kv.onnx  encoder_hidden_states [B,S,D] -> cross.{i}.key [B,H,Dh,S] (transposed),
-                                cross.{i}.value [B,H,S,Dh], once per sequence
+    onnx/decoder_cross_kv.onnx  encoder_hidden_states [B,S,D] -> cross.{i}.{key,value} [B,H,S+1,Dh],
+                                once per sequence (the int8 variant: int8 + cross.{i}.{key,value}_scale)
     onnx/decoder_step.onnx      inputs_embeds [B,1,D], encoder_attention_mask [B,S], seqlens_k [B],
                                 total_sequence_length [], past_key_values.{i}.decoder.{key,value}
                                 [B,H,L_max,Dh] (a pre-allocated buffer), cross.{i}.{key,value}
-                                -> logits [B,1,V], present.{i}.decoder.{key,value} (the same buffer)
+                                -> logits [B,1,V], present.{i}.decoder.* and present.{i}.cross.*
+                                (the same buffers: bind each present.* to its input's OrtValue)
 
 Why: in the onnx-community `decoder_model_merged` each step appends to the self-attention
 cache with `Concat` (copying the whole cache every step) and transposes the cross-attention
-keys.  Here self-attention is one com.microsoft `GroupQueryAttention` node per layer, which
-writes the new key/value in place into the buffer when the caller binds `present.*` to the
-`past_key_values.*` buffer (models/generate.py, BufferedRunner); cross-attention reads keys
-stored pre-transposed, optionally as float16 (half the bytes read per step).
+keys.  Here both attentions are com.microsoft `GroupQueryAttention` nodes.  Self-attention
+writes the new key/value in place into the buffer (models/generate.py, BufferedRunner).
+Cross-attention treats the stored keys/values as GQA's "past" of length S, with a dummy zero
+key/value written into a spare slot S that the bias masks; in the int8 variant
+(make_int8_kv) they are stored as int8 with per-channel scales computed from the batch,
+which GQA's CPU kernel reads directly: a quarter of the memory and of the bytes per step.
 
 The arithmetic is the with-past step of `models/export_wrappers.DecoderWithPast` (BART:
 post-LayerNorm layers, learned positions at offset 2, lm_head without bias).  Needs numpy
@@ -139,79 +142,88 @@ def _heads(g: _Graph, x: str, heads: int, dh: int, perm) -> str:
     return g.op("Transpose", [g.op("Reshape", [x, g.shape_const([0, -1, heads, dh])])], perm=perm)
 
 
-def build_cross_kv(w: DecoderWeights, kv_dtype=np.float32):
-    """encoder_hidden_states -> per layer cross keys [B,H,Dh,S] (transposed) and values [B,H,S,Dh]."""
+def build_cross_kv(w: DecoderWeights):
+    """encoder_hidden_states -> per layer cross keys and values [B,H,S+1,Dh]: S encoder positions and
+    one spare slot, where decoder_step's GroupQueryAttention writes (and masks) its dummy token."""
     g = _Graph()
     heads, dh = w.heads, w.d_model // w.heads
-    elem = F16 if kv_dtype == np.float16 else F32
+    pads = g.const("pads", np.asarray([0, 0, 0, 0, 0, 0, 1, 0], np.int64))
     outputs = []
     for i, layer in enumerate(w.layers):
-        k = _heads(g, g.linear("encoder_hidden_states", layer.ck, f"l{i}.ck"), heads, dh, [0, 2, 3, 1])
-        v = _heads(g, g.linear("encoder_hidden_states", layer.cv, f"l{i}.cv"), heads, dh, [0, 2, 1, 3])
-        for name, t, dims in ((f"cross.{i}.key", k, ["batch_size", heads, dh, "encoder_sequence_length"]),
-                              (f"cross.{i}.value", v, ["batch_size", heads, "encoder_sequence_length", dh])):
-            g.nodes.append(helper.make_node("Cast", [t], [name], name=g.name("n_Cast"), to=elem))
-            outputs.append(helper.make_tensor_value_info(name, elem, dims))
+        for kv, lin in (("key", layer.ck), ("value", layer.cv)):
+            t = _heads(g, g.linear("encoder_hidden_states", lin, f"l{i}.c{kv[0]}"), heads, dh, [0, 2, 1, 3])
+            name = f"cross.{i}.{kv}"
+            g.nodes.append(helper.make_node("Pad", [t, pads], [name], name=g.name("n_Pad")))
+            outputs.append(helper.make_tensor_value_info(name, F32, ["batch_size", heads, "cross_length", dh]))
     inputs = [helper.make_tensor_value_info("encoder_hidden_states", F32, ["batch_size", "encoder_sequence_length", w.d_model])]
     return _model(g, inputs, outputs, "decoder_cross_kv")
 
 
-def build_step(w: DecoderWeights, kv_dtype=np.float32):
-    """One decoding step for every row, self-attention in place (GroupQueryAttention)."""
+def _gqa(g: _Graph, inputs: list, outputs: list, heads: int, dh: int, d: int) -> None:
+    g.nodes.append(helper.make_node("GroupQueryAttention", inputs, outputs, name=g.name("n_GQA"), domain="com.microsoft",
+                                    num_heads=heads, kv_num_heads=heads, scale=float(dh ** -0.5)))
+    g.value_info.append(helper.make_tensor_value_info(outputs[0], F32, ["batch_size", 1, d]))  # for quantizers' shape inference
+
+
+def _cross_inputs(g: _Graph):
+    """Per-row past length S (all rows are padded to S), total S + 1, and the additive bias
+    [B,1,1,S+1]: 0 where attended, float32 min on padding and on the spare slot."""
+    s = g.op("Cast", [g.op("Gather", [g.op("Shape", ["encoder_attention_mask"]), g.const("one_i", np.asarray(1, np.int64))])],
+             to=I32)
+    seqlens = g.op("Add", [g.op("Mul", ["seqlens_k", g.const("zero_i", np.asarray(0, np.int32))]), s], "cross_seqlens")
+    total = g.op("Add", [s, g.const("one_i32", np.asarray(1, np.int32))], "cross_total")
+    m = g.op("Pad", ["encoder_attention_mask", g.const("pads_m", np.asarray([0, 0, 0, 1], np.int64))])
+    inv = g.op("Sub", [g.const("one", np.asarray(1.0, np.float32)), g.op("Cast", [m], to=F32)])
+    bias = g.op("Mul", [inv, g.const("fmin", np.asarray(np.finfo(np.float32).min, np.float32))])
+    bias = g.op("Unsqueeze", [bias, g.const("axes12", np.asarray([1, 2], np.int64))], "cross_bias")
+    zeros = g.op("ConstantOfShape", [g.op("Shape", ["inputs_embeds"])], "cross_dummy",
+                 value=helper.make_tensor("zero", F32, [1], [0.0]))
+    return seqlens, total, bias, zeros
+
+
+def build_step(w: DecoderWeights):
+    """One decoding step for every row.  Self-attention: GroupQueryAttention appending in place to
+    the buffer.  Cross-attention: GroupQueryAttention too, over the stored keys/values as its
+    "past", with a dummy zero key/value written into the spare slot and masked by the bias; so
+    that the int8 variant can keep them as int8 (make_int8_kv)."""
     g = _Graph()
     heads, dh, d = w.heads, w.d_model // w.heads, w.d_model
-    cross_elem = F16 if kv_dtype == np.float16 else F32
     # position of the new token: total_sequence_length - 1, learned embedding at offset 2
     pos_index = g.op("Cast", [g.op("Add", ["total_sequence_length", g.const("pos_shift", np.asarray(POS_OFFSET - 1, np.int32))])],
                      to=I64)
     pos = g.op("Gather", [g.const("embed_positions", w.positions), pos_index], "pos")
     h = g.norm(g.op("Add", ["inputs_embeds", pos]), w.embed_norm, "layernorm_embedding")
-    # additive cross-attention bias [B,1,1,S]: 0 where attended, float32 min where padded
-    m = g.op("Cast", ["encoder_attention_mask"], to=F32)
-    inv = g.op("Sub", [g.const("one", np.asarray(1.0, np.float32)), m])
-    bias = g.op("Mul", [inv, g.const("fmin", np.asarray(np.finfo(np.float32).min, np.float32))])
-    bias = g.op("Unsqueeze", [bias, g.const("axes12", np.asarray([1, 2], np.int64))], "cross_bias")
-    scale = g.const("scale", np.asarray(dh ** -0.5, np.float32))
-    outputs = []
+    cross_seqlens, cross_total, cross_bias, dummy = _cross_inputs(g)
+    outputs, cross_inputs = [], []
+    buf = ["batch_size", heads, "max_sequence_length", dh]
+    cross_buf = ["batch_size", heads, "cross_length", dh]
     for i, layer in enumerate(w.layers):
         q, k, v = (g.linear(h, lin, f"l{i}.{n}") for lin, n in ((layer.q, "q"), (layer.k, "k"), (layer.v, "v")))
-        present_k, present_v = f"present.{i}.decoder.key", f"present.{i}.decoder.value"
         attn = g.name(f"l{i}.self_attn")
-        g.nodes.append(helper.make_node(
-            "GroupQueryAttention", [q, k, v, f"past_key_values.{i}.decoder.key", f"past_key_values.{i}.decoder.value",
-                                    "seqlens_k", "total_sequence_length"],
-            [attn, present_k, present_v], name=g.name("n_GQA"), domain="com.microsoft",
-            num_heads=heads, kv_num_heads=heads, scale=float(dh ** -0.5)))
-        g.value_info.append(helper.make_tensor_value_info(attn, F32, ["batch_size", 1, d]))  # for quantizers' shape inference
+        _gqa(g, [q, k, v, f"past_key_values.{i}.decoder.key", f"past_key_values.{i}.decoder.value", "seqlens_k",
+                 "total_sequence_length"], [attn, f"present.{i}.decoder.key", f"present.{i}.decoder.value"], heads, dh, d)
         h = g.norm(g.op("Add", [h, g.linear(attn, layer.out, f"l{i}.out")]), layer.self_norm, f"l{i}.self_norm")
-        # cross-attention over the stored keys/values
-        qc = _heads(g, g.linear(h, layer.cq, f"l{i}.cq"), heads, dh, [0, 2, 1, 3])
-        ck, cv = f"cross.{i}.key", f"cross.{i}.value"
-        if cross_elem == F16:
-            ck, cv = g.op("Cast", [ck], to=F32), g.op("Cast", [cv], to=F32)
-        # (q k + bias) * scale, not q k * scale + bias: equal (bias is 0 or float32 min, which stays
-        # a weight of 0 after softmax either way) and ORT does not fuse it into FusedMatMul, which ran
-        # 3x slower than MatMul here (base int8, 12 rows: 5.5 vs 1.85 ms per step for the same bytes)
-        s = g.op("Mul", [g.op("Add", [g.op("MatMul", [qc, ck]), bias]), scale])
-        o = g.op("MatMul", [g.op("Softmax", [s], axis=-1), cv])
-        o = g.op("Reshape", [g.op("Transpose", [o], perm=[0, 2, 1, 3]), g.shape_const([0, -1, d])])
-        h = g.norm(g.op("Add", [h, g.linear(o, layer.cout, f"l{i}.cout")]), layer.cross_norm, f"l{i}.cross_norm")
+        cattn = g.name(f"l{i}.cross_attn")
+        _gqa(g, [g.linear(h, layer.cq, f"l{i}.cq"), dummy, dummy, f"cross.{i}.key", f"cross.{i}.value", cross_seqlens,
+                 cross_total, "", "", "", cross_bias], [cattn, f"present.{i}.cross.key", f"present.{i}.cross.value"],
+             heads, dh, d)
+        h = g.norm(g.op("Add", [h, g.linear(cattn, layer.cout, f"l{i}.cout")]), layer.cross_norm, f"l{i}.cross_norm")
         ff = g.linear(g.op("Gelu", [g.linear(h, layer.fc1, f"l{i}.fc1")], domain="com.microsoft"), layer.fc2, f"l{i}.fc2")
         h = g.norm(g.op("Add", [h, ff]), layer.final_norm, f"l{i}.final_norm")
-        buf = ["batch_size", heads, "max_sequence_length", dh]
-        outputs += [helper.make_tensor_value_info(present_k, F32, buf), helper.make_tensor_value_info(present_v, F32, buf)]
+        for kv in ("key", "value"):
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.decoder.{kv}", F32, buf))
+        for kv in ("key", "value"):
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.cross.{kv}", F32, cross_buf))
+        cross_inputs += [helper.make_tensor_value_info(f"past_key_values.{i}.decoder.key", F32, buf),
+                         helper.make_tensor_value_info(f"past_key_values.{i}.decoder.value", F32, buf),
+                         helper.make_tensor_value_info(f"cross.{i}.key", F32, cross_buf),
+                         helper.make_tensor_value_info(f"cross.{i}.value", F32, cross_buf)]
     g.nodes.append(helper.make_node("MatMul", [h, g.const("lm_head_t", w.lm_head.T)], ["logits"], name="lm_head"))
     outputs.insert(0, helper.make_tensor_value_info("logits", F32, ["batch_size", 1, w.lm_head.shape[0]]))
     inputs = [helper.make_tensor_value_info("inputs_embeds", F32, ["batch_size", 1, d]),
               helper.make_tensor_value_info("encoder_attention_mask", I64, ["batch_size", "encoder_sequence_length"]),
               helper.make_tensor_value_info("seqlens_k", I32, ["batch_size"]),
-              helper.make_tensor_value_info("total_sequence_length", I32, [])]
-    for i in range(len(w.layers)):
-        buf = ["batch_size", heads, "max_sequence_length", dh]
-        inputs += [helper.make_tensor_value_info(f"past_key_values.{i}.decoder.key", F32, buf),
-                   helper.make_tensor_value_info(f"past_key_values.{i}.decoder.value", F32, buf),
-                   helper.make_tensor_value_info(f"cross.{i}.key", cross_elem, ["batch_size", heads, dh, "encoder_sequence_length"]),
-                   helper.make_tensor_value_info(f"cross.{i}.value", cross_elem, ["batch_size", heads, "encoder_sequence_length", dh])]
+              helper.make_tensor_value_info("total_sequence_length", I32, [])] + cross_inputs
     return _model(g, inputs, outputs, "decoder_step")
 
 
@@ -220,4 +232,56 @@ def _model(g: _Graph, inputs, outputs, name: str):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
                               producer_name="edge-agent")
     model.ir_version = 8
+    return model
+
+
+INT8 = TensorProto.INT8
+
+
+def int8_cross_kv_graph(model):
+    """decoder_cross_kv with int8 outputs: each cross.{i}.{key,value} [B,H,S+1,Dh] becomes
+    round(x / scale) clipped to +-127, scale = max |x| over the batch and positions / 127, per
+    head channel ([1,H,1,Dh], output cross.{i}.{key,value}_scale).  In place; returns model."""
+    g = _Graph()
+    g._n = len(model.graph.node) + 1000
+    outs = list(model.graph.output)
+    del model.graph.output[:]
+    for out in outs:
+        x = out.name + "_f32"
+        for node in model.graph.node:
+            node.output[:] = [x if o == out.name else o for o in node.output]
+        peak = g.op("ReduceMax", [g.op("Abs", [x])], axes=[0, 2], keepdims=1)
+        scale = g.op("Max", [g.op("Div", [peak, g.const("q127", np.asarray(127.0, np.float32))]),
+                             g.const("tiny", np.asarray(1e-12, np.float32))])
+        g.nodes.append(helper.make_node("Identity", [scale], [out.name + "_scale"], name=g.name("n_Identity")))
+        q = g.op("Clip", [g.op("Round", [g.op("Div", [x, scale])]), g.const("lo", np.asarray(-127.0, np.float32)),
+                          g.const("hi", np.asarray(127.0, np.float32))])
+        g.nodes.append(helper.make_node("Cast", [q], [out.name], name=g.name("n_Cast"), to=INT8))
+        dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+        model.graph.output.append(helper.make_tensor_value_info(out.name, INT8, dims))
+        model.graph.output.append(helper.make_tensor_value_info(out.name + "_scale", F32, [1, dims[1], 1, dims[3]]))
+    model.graph.node.extend(g.nodes)
+    model.graph.initializer.extend(g.inits)
+    return model
+
+
+def int8_cross_kv_step(model):
+    """decoder_step reading int8 cross keys/values: the cross GroupQueryAttention nodes get
+    T_CACHE int8 with per-channel k_scale/v_scale inputs (GQA's quantized-cache mode).  In place."""
+    scale_inputs = []
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if vi.name.startswith("cross.") or (vi.name.startswith("present.") and ".cross." in vi.name):
+            vi.type.tensor_type.elem_type = INT8
+            if vi.name.startswith("cross."):
+                dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+                scale_inputs.append(helper.make_tensor_value_info(vi.name + "_scale", F32, [1, dims[1], 1, dims[3]]))
+    model.graph.input.extend(scale_inputs)
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention" and node.input[3].startswith("cross."):
+            ins = list(node.input) + [""] * (14 - len(node.input))
+            ins[12], ins[13] = node.input[3] + "_scale", node.input[4] + "_scale"
+            node.input[:] = ins
+            node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                                   helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                                   helper.make_attribute("kv_cache_bit_width", 8)])
     return model

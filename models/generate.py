@@ -118,8 +118,12 @@ class BufferedRunner:
     GroupQueryAttention nodes write each new key/value in place into a pre-allocated buffer
     (present.* bound to the past_key_values.* OrtValues), so no step copies the cache."""
 
-    def __init__(self, embed_session, cross_session, step_session):
+    def __init__(self, embed_session, cross_session, step_session, cross_run_options=None):
+        """cross_run_options: onnxruntime RunOptions for the decoder_cross_kv call (the engine passes
+        arena shrinkage: the cross keys/values land in our arrays, so after that call the arena
+        holds nothing the decode needs)."""
         self.embed, self.cross, self.dec = embed_session, cross_session, step_session
+        self.cross_run_options = cross_run_options
         self.cross_names = [o.name for o in cross_session.get_outputs()]
         past = [i for i in step_session.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // 2
@@ -128,6 +132,8 @@ class BufferedRunner:
             raise ValueError("decoder_step: past_key_values must have fixed head count and head size")
         self.heads, self.head_dim = shape[1], shape[3]
         self.hidden_dtype = _dtype_of(cross_session, "encoder_hidden_states")
+        cross_type = next(i.type for i in step_session.get_inputs() if i.name == "cross.0.key")
+        self.cross_dtype = np.int8 if "int8" in cross_type else np.float32
         self.embed_dtype = np.float32
 
     embed_ids = DecoderRunner.embed_ids
@@ -138,18 +144,21 @@ class BufferedRunner:
 
         rows, seq = enc_hidden.shape[:2]
         h, dh = self.heads, self.head_dim
-        # cross keys/values are written by ORT straight into numpy arrays we own, so that rows
-        # leaving the batch can be compacted in place (BufferCache.take) instead of copied
-        cross = [np.empty((rows, h, dh, seq) if name.endswith(".key") else (rows, h, seq, dh), np.float32)
-                 for name in self.cross_names]
+        # cross keys/values [R, H, S + 1, Dh] (float32, or int8 with per-channel scales in the int8
+        # variant) are written by ORT straight into numpy arrays we own, so that rows leaving the
+        # batch can be compacted in place (BufferCache.take) instead of copied
+        cross = {name: np.empty((1, h, 1, dh), np.float32) if name.endswith("_scale")
+                 else np.empty((rows, h, seq + 1, dh), self.cross_dtype) for name in self.cross_names}
         io = self.cross.io_binding()
         io.bind_cpu_input("encoder_hidden_states", enc_hidden.astype(self.hidden_dtype, copy=False))
-        for name, arr in zip(self.cross_names, cross):
+        for name, arr in cross.items():
             io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
-        self.cross.run_with_iobinding(io)
+        self.cross.run_with_iobinding(io, self.cross_run_options)
         shape = (rows, h, max(int(max_length), 1), dh)
         bufs = [lazy_zeros(shape) for _ in range(2 * self.num_layers)]
-        cache = BufferCache(enc_mask, bufs, cross, 0)
+        kv = [cross[f"cross.{i}.{p}"] for i in range(self.num_layers) for p in ("key", "value")]
+        scales = {n: a for n, a in cross.items() if n.endswith("_scale")}
+        cache = BufferCache(enc_mask, bufs, kv, 0, scales)
         return self.step(tokens, cache), cache
 
     def step(self, tokens: np.ndarray, cache: "BufferCache") -> np.ndarray:
@@ -165,20 +174,25 @@ class BufferedRunner:
                 buf = cache.ort_bufs[2 * i + j]
                 io.bind_ortvalue_input(f"past_key_values.{i}.decoder.{kv}", buf)
                 io.bind_ortvalue_output(f"present.{i}.decoder.{kv}", buf)
-                io.bind_ortvalue_input(f"cross.{i}.{kv}", cache.ort_cross[2 * i + j])
+                cross = cache.ort_cross[2 * i + j]  # its spare slot takes the masked dummy token
+                io.bind_ortvalue_input(f"cross.{i}.{kv}", cross)
+                io.bind_ortvalue_output(f"present.{i}.cross.{kv}", cross)
+        for name, value in cache.scales.items():
+            io.bind_cpu_input(name, value)
         self.dec.run_with_iobinding(io)
         cache.length += 1
         return _last(io.get_outputs()[0].numpy())
 
 
 class BufferCache:
-    """Self-attention buffers [R, H, max_length, Dh] filled up to `length`, cross-attention keys
-    [R, H, Dh, S] and values [R, H, S, Dh]; all numpy, bound to ORT without copies."""
+    """Self-attention buffers [R, H, max_length, Dh] filled up to `length`, cross-attention keys and
+    values [R, H, S + 1, Dh] (+ their scales when int8); all numpy, bound to ORT without copies."""
 
-    def __init__(self, mask: np.ndarray, bufs: list, cross: list, length: int):
+    def __init__(self, mask: np.ndarray, bufs: list, cross: list, length: int, scales: dict | None = None):
         import onnxruntime as ort
 
         self.mask, self.bufs, self.cross, self.length = mask, bufs, cross, length
+        self.scales = scales or {}
         self.ort_bufs = [ort.OrtValue.ortvalue_from_numpy(b) for b in bufs]
         self.ort_cross = [ort.OrtValue.ortvalue_from_numpy(c) for c in cross]
 
@@ -189,8 +203,8 @@ class BufferCache:
         n = self.length
         bufs = [_rows(b, idx, n) for b in self.bufs]
         if cross_idx is None:
-            return BufferCache(self.mask, bufs, self.cross, n)
-        return BufferCache(self.mask[cross_idx], bufs, [_rows(c, cross_idx) for c in self.cross], n)
+            return BufferCache(self.mask, bufs, self.cross, n, self.scales)
+        return BufferCache(self.mask[cross_idx], bufs, [_rows(c, cross_idx) for c in self.cross], n, self.scales)
 
 
 def lazy_zeros(shape, dtype=np.float32) -> np.ndarray:

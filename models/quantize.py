@@ -44,9 +44,14 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     # fp32 Conv on x86 (Florence-2-base vision tower: 2.2 s vs 0.22 s per tile), while int8
     # MatMul is 3.4x faster there (benchmarks/frame-results.md).
     ops = [op for op in IntegerOpsRegistry if op not in ("Conv", "Transpose")]
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                     extra_options={"EnableSubgraph": True, "DefaultTensorType": TensorProto.FLOAT},
-                     use_external_data_format=_big(src))  # DefaultTensorType: com.microsoft ops' outputs
+    start = _int8_kv(src, dst)
+    try:
+        quantize_dynamic(start, dst, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
+                         extra_options={"EnableSubgraph": True, "DefaultTensorType": TensorProto.FLOAT},
+                         use_external_data_format=_big(src))  # DefaultTensorType: com.microsoft ops' outputs
+    finally:
+        if start != src:
+            start.unlink(missing_ok=True)
 
 
 def _quantize_q4(src: Path, dst: Path) -> None:
@@ -69,6 +74,21 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     big = _big(src)
     onnx.save(model, str(dst), save_as_external_data=big, location=dst.name + "_data" if big else None)
+
+
+def _int8_kv(src: Path, dst: Path) -> Path:
+    """The fast decoder's graphs with int8 cross-attention keys/values (models/export_step.py),
+    written beside dst for quantize_dynamic to start from; other parts: src unchanged."""
+    from models.export_step import int8_cross_kv_graph, int8_cross_kv_step
+
+    edit = {"decoder_cross_kv": int8_cross_kv_graph, "decoder_step": int8_cross_kv_step}.get(src.stem)
+    if edit is None:
+        return src
+    import onnx
+
+    tmp = dst.with_name(dst.stem + "_kv8.onnx")
+    onnx.save(edit(onnx.load(str(src))), str(tmp))
+    return tmp
 
 
 CONVERTERS = {"int8": _quantize_int8, "q4": _quantize_q4, "fp16": _convert_fp16}

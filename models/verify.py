@@ -13,7 +13,7 @@ from edge_agent.errors import ModelError
 from models.modeldir import FAST_PARTS, PARTS, ModelDir, open_model_dir, present_variants, variant_files, normalize_variant
 from models.onnxmeta import GraphMeta, OnnxFormatError, TensorInfo, read_graph_meta
 
-FLOAT, INT32, INT64, BOOL, FLOAT16 = 1, 6, 7, 9, 10
+FLOAT, INT8, INT32, INT64, BOOL, FLOAT16 = 1, 3, 6, 7, 9, 10
 FLOATS = (FLOAT, FLOAT16)
 KV_KINDS = ("decoder.key", "decoder.value", "encoder.key", "encoder.value")
 
@@ -35,7 +35,7 @@ class Expect:
     heads: int | None = None
 
 
-def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict[str, Spec]]:
+def part_specs(part: str, e: Expect, layers: int, int8_kv: bool = False) -> tuple[dict[str, Spec], dict[str, Spec]]:
     """(inputs, outputs) expected for one part.  Inputs must match exactly; outputs must include these."""
     hidden = Spec(FLOATS, 3, ((2, e.d_model),))
     if part == "vision_encoder":
@@ -49,7 +49,7 @@ def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict
     head_dim = e.d_model // e.heads if e.d_model and e.heads else None
     kv = Spec(FLOATS, 4, ((1, e.heads), (3, head_dim)))
     if part in FAST_PARTS:
-        return _fast_specs(part, e, layers, hidden, head_dim)
+        return _fast_specs(part, e, layers, hidden, head_dim, int8_kv)
     inputs = {"inputs_embeds": hidden, "encoder_attention_mask": Spec((INT64,), 2),
               "encoder_hidden_states": hidden, "use_cache_branch": Spec((BOOL,), 1)}
     outputs = {"logits": Spec(FLOATS, 3)}
@@ -60,10 +60,16 @@ def part_specs(part: str, e: Expect, layers: int) -> tuple[dict[str, Spec], dict
     return inputs, outputs
 
 
-def _fast_specs(part: str, e: Expect, layers: int, hidden: Spec, head_dim: int | None):
-    """edge-agent's fast decoder (models/export_step.py): cross keys are stored transposed."""
-    cross = {f"cross.{i}.{kv}": Spec((FLOAT,), 4, ((1, e.heads), (2 if kv == "key" else 3, head_dim)))
-             for i in range(layers) for kv in ("key", "value")}
+def _fast_specs(part: str, e: Expect, layers: int, hidden: Spec, head_dim: int | None, int8: bool):
+    """edge-agent's fast decoder (models/export_step.py): cross keys/values [B,H,S+1,Dh], float32, or
+    int8 with per-channel scales [1,H,1,Dh]."""
+    kv = Spec((INT8,) if int8 else (FLOAT,), 4, ((1, e.heads), (3, head_dim)))
+    cross = {}
+    for i in range(layers):
+        for name in ("key", "value"):
+            cross[f"cross.{i}.{name}"] = kv
+            if int8:
+                cross[f"cross.{i}.{name}_scale"] = Spec((FLOAT,), 4, ((1, e.heads), (3, head_dim)))
     if part == "decoder_cross_kv":
         return {"encoder_hidden_states": hidden}, cross
     buf = Spec((FLOAT,), 4, ((1, e.heads), (3, head_dim)))
@@ -71,9 +77,10 @@ def _fast_specs(part: str, e: Expect, layers: int, hidden: Spec, head_dim: int |
               "seqlens_k": Spec((INT32,), 1), "total_sequence_length": Spec((INT32,), 0), **cross}
     outputs = {"logits": Spec((FLOAT,), 3)}
     for i in range(layers):
-        for kv in ("key", "value"):
-            inputs[f"past_key_values.{i}.decoder.{kv}"] = buf
-            outputs[f"present.{i}.decoder.{kv}"] = buf
+        for name in ("key", "value"):
+            inputs[f"past_key_values.{i}.decoder.{name}"] = buf
+            outputs[f"present.{i}.decoder.{name}"] = buf
+            outputs[f"present.{i}.cross.{name}"] = kv
     return inputs, outputs
 
 
@@ -101,7 +108,8 @@ def _decoder_layers(meta: GraphMeta, e: Expect) -> int:
 
 def check_graph(file: Path, part: str, meta: GraphMeta, e: Expect) -> str:
     layers = _decoder_layers(meta, e) if part in ("decoder_model_merged",) + FAST_PARTS else 0
-    want_in, want_out = part_specs(part, e, layers)
+    int8_kv = any(t.name.startswith("cross.") and t.elem_type == INT8 for t in list(meta.inputs) + list(meta.outputs))
+    want_in, want_out = part_specs(part, e, layers, int8_kv)
     got_in = {t.name: t for t in meta.inputs if t.name not in meta.initializers}
     missing = [n for n in want_in if n not in got_in]
     if missing:
@@ -120,7 +128,7 @@ def check_graph(file: Path, part: str, meta: GraphMeta, e: Expect) -> str:
     if part == "decoder_model_merged" or part == "decoder_step":
         return f"ok {file.name}: {layers} decoder layers, {got_out['logits'].describe()}"
     if part == "decoder_cross_kv":
-        return f"ok {file.name}: {layers} layers of cross-attention keys/values"
+        return f"ok {file.name}: {layers} layers of cross-attention keys/values ({'int8' if int8_kv else 'float'})"
     ins = " ".join(got_in[n].describe() for n in want_in)
     outs = " ".join(got_out[n].describe() for n in want_out)
     return f"ok {file.name}: {ins} -> {outs}"

@@ -102,3 +102,32 @@ def test_quantize_writes_the_fast_decoder_and_int8_decodes(tiny_copy):
     assert isinstance(eng.runner, BufferedRunner)
     out = eng.run([np.full((200, 300, 3), 90, np.uint8)], ("od",))[0]["od"]
     assert out.token_ids[0] == 2 and 2 <= len(out.token_ids) <= 7
+
+
+def test_int8_cross_kv_stays_close_to_float(tmp_path):
+    """The int8 variant's cross-attention keys/values (per-channel int8, models/export_step.py), applied
+    here to the fp32 graphs alone so that only the KV storage differs."""
+    import onnx
+    import onnxruntime as ort
+
+    from models.export_step import int8_cross_kv_graph, int8_cross_kv_step
+
+    src = TINY / "onnx"
+    onnx.save(int8_cross_kv_graph(onnx.load(str(src / "decoder_cross_kv.onnx"))), str(tmp_path / "cross.onnx"))
+    onnx.save(int8_cross_kv_step(onnx.load(str(src / "decoder_step.onnx"))), str(tmp_path / "step.onnx"))
+    eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
+    sess = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]) for f in ("cross.onnx", "step.onnx")]
+    q8 = BufferedRunner(eng.embed, *sess)
+    assert q8.cross_dtype == np.int8
+    hidden, mask = _encoded(eng, 3)
+    start = np.full(3, 2, np.int64)
+    lf, cf = eng.runner.first(start, hidden, mask, max_length=8)
+    lq, cq = q8.first(start, hidden, mask, max_length=8)
+    assert cq.cross[0].dtype == np.int8 and cq.cross[0].shape == cf.cross[0].shape
+    assert np.abs(cq.cross[0]).max() == 127  # the scale maps the largest value to 127
+    tokens = np.array([0, 0, 0])
+    for _ in range(5):
+        rel = np.linalg.norm(lq - lf) / np.linalg.norm(lf)
+        assert rel < 0.02, rel
+        tokens = np.argmax(lf, axis=1)
+        lf, lq = eng.runner.step(tokens, cf), q8.step(tokens, cq)
