@@ -72,7 +72,7 @@ def build_engine(settings: Settings):
     return Florence2Engine(EngineOptions(
         model_dir=m.dir, variant=m.variant, providers=tuple(m.providers), intra_op_threads=m.threads,
         num_beams=m.num_beams or None, max_new_tokens=m.max_new_tokens,
-        decode_batch=m.decode_batch))
+        decode_batch=m.decode_batch, kv_cache_mb=m.kv_cache_mb))
 
 
 def build_publisher(settings: Settings):

@@ -93,7 +93,8 @@ class ModelSettings:
     tasks: tuple[str, ...] = ("od", "ocr")
     num_beams: int = 0  # 0: as generation_config.json says
     max_new_tokens: int = 1024
-    decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: all of them
+    decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
+    kv_cache_mb: int = 512  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model", "num_beams"): _non_negative,
     ("model", "max_new_tokens"): _positive,
     ("model", "decode_batch"): _non_negative,
+    ("model", "kv_cache_mb"): _non_negative,
     ("mqtt", "broker"): _broker,
     ("mqtt", "protocol"): _one_of(("3.1.1", "5")),
     ("mqtt", "keepalive"): _positive,

@@ -46,7 +46,11 @@ class EngineOptions:
     # encoder 0.22 vs 0.28 s/tile at 1 vs 6, and the arena peak is lower; 8 on a GPU provider).
     vision_batch: int = 0
     encoder_batch: int = 0
-    decode_batch: int = 0  # sequences decoded together (bounds the KV-cache memory); 0: all of them
+    decode_batch: int = 0  # sequences decoded together (bounds the KV-cache memory); 0: see kv_cache_mb
+    # With decode_batch 0: decode as many sequences together as fit this worst-case KV-cache size
+    # (every row at max_new_tokens; beams count as rows); 0: all of them.  Pages are mapped as
+    # the caches fill, so sequences that end early cost less than this.
+    kv_cache_mb: int = 512
     # ORT memory: the CPU arena keeps the largest activations' memory for the process's life.
     # The memory pattern pre-plans one block per input shape; off by default because that block
     # is allocated beside the arena's free chunks: base int8 vision tower, one 768 tile, second
@@ -184,6 +188,18 @@ class Florence2Engine:
                                  self._run_options(i == starts[-1]))[0] for i in starts]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
+    def _release_memory(self) -> None:
+        """After a stage: return glibc's free heap pages to the OS (numpy temporaries of the stage;
+        measured -40 MB before the decode of a base dense-1080p frame).  No-op off glibc."""
+        if not self.opts.arena_shrink:
+            return
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
     def _run_options(self, last: bool):
         """RunOptions that shrink the arena after the call (opts.arena_shrink), for a stage's last call."""
         if not (last and self.opts.arena_shrink and self.opts.cpu_mem_arena):
@@ -220,17 +236,28 @@ class Florence2Engine:
         hidden = [self.encoder.run(None, {"inputs_embeds": x[i:i + step].astype(dtype, copy=False),
                                           "attention_mask": mask[i:i + step]}, self._run_options(i == starts[-1]))[0]
                   for i in starts]
-        return np.concatenate(hidden), mask
+        hidden = np.concatenate(hidden)
+        del x
+        self._release_memory()
+        return hidden, mask
 
     def generate_rows(self, hidden: np.ndarray, mask: np.ndarray,
                       rows: Sequence[GenerationSettings] | None = None) -> list[Generated]:
         """rows: settings per row (default: self.settings for all); greedy rows share each decoder call."""
         rows = list(rows) if rows is not None else [self.settings] * len(hidden)
-        step = self.opts.decode_batch or len(hidden)
+        step = self.opts.decode_batch or self._kv_chunk(rows, hidden.shape[1])
         out: list[Generated] = []
         for i in range(0, len(hidden), step):
             out += generate(self.runner, hidden[i:i + step], mask[i:i + step], self.settings, rows[i:i + step])
         return out
+
+    def _kv_chunk(self, rows: Sequence[GenerationSettings], enc_len: int) -> int:
+        """Sequences per decode call so that their worst-case caches fit opts.kv_cache_mb (>= 1)."""
+        if not rows or self.opts.kv_cache_mb <= 0:
+            return max(len(rows), 1)
+        per_row = self.runner.kv_bytes_per_row(max(r.max_length for r in rows), enc_len)
+        per_seq = per_row * max(r.num_beams for r in rows)
+        return max(1, min(len(rows), int(self.opts.kv_cache_mb * 2**20 // per_seq)))
 
     def task_settings(self, overrides: Mapping[str, GenerationSettings] | None, tasks: Sequence[str]):
         """Settings per task: self.settings unless overridden (e.g. a token budget per task)."""

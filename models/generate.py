@@ -80,6 +80,12 @@ class DecoderRunner:
         cache.dec_kv = self._kv(out, "decoder")
         return _last(out["logits"])
 
+    def kv_bytes_per_row(self, max_length: int, enc_len: int) -> int:
+        """Worst-case cache bytes of one row: self-attention at max_length, twice (the step's Concat
+        keeps past and present alive), plus cross-attention keys/values."""
+        item = np.dtype(self.kv_dtype).itemsize
+        return 2 * self.num_layers * self.heads * self.head_dim * item * (2 * max_length + enc_len)
+
     def _kv(self, out: dict, part: str) -> list:
         return [(out[f"present.{i}.{part}.key"], out[f"present.{i}.{part}.value"]) for i in range(self.num_layers)]
 
@@ -137,6 +143,12 @@ class BufferedRunner:
         self.embed_dtype = np.float32
 
     embed_ids = DecoderRunner.embed_ids
+
+    def kv_bytes_per_row(self, max_length: int, enc_len: int) -> int:
+        """Worst-case cache bytes of one row: the float32 self-attention buffer at max_length plus the
+        cross-attention keys/values (int8 or float32)."""
+        per_position = 2 * self.num_layers * self.heads * self.head_dim
+        return per_position * (4 * max_length + np.dtype(self.cross_dtype).itemsize * (enc_len + 1))
 
     def first(self, tokens: np.ndarray, enc_hidden: np.ndarray, enc_mask: np.ndarray, max_length: int = 0):
         """tokens [R] -> logits [R, V], the cache; max_length: tokens the buffer must hold (>= 1)."""
@@ -219,16 +231,21 @@ def lazy_zeros(shape, dtype=np.float32) -> np.ndarray:
 
 
 def _rows(a: np.ndarray, idx: np.ndarray, filled: int | None = None) -> np.ndarray:
-    """a[idx] (only [:, :, :filled] of each row matters when filled is given)."""
+    """a[idx], reusing a's memory when it has room (only [:, :, :filled] of each row matters when
+    filled is given)."""
     idx = np.asarray(idx)
     part = (slice(None), slice(None), slice(0, filled))
-    if len(idx) and np.all(np.diff(idx) > 0):  # increasing: move rows down, keep a prefix view
+    if len(idx) and np.all(np.diff(idx) > 0):  # increasing (rows leaving): move rows down in place
         for j, i in enumerate(idx.tolist()):
             if i != j:
                 a[j][part[1:]] = a[i][part[1:]]
         return a[:len(idx)]
-    out = lazy_zeros((len(idx),) + a.shape[1:], a.dtype)
-    out[part] = a[idx][part] if filled is None else a[idx, :, :filled]
+    rows = a[idx][part] if filled is None else a[idx, :, :filled]  # one buffer's worth of temporary
+    if len(idx) <= len(a):  # beam reordering: gather, then write back into the same buffer
+        a[:len(idx)][part] = rows
+        return a[:len(idx)]
+    out = lazy_zeros((len(idx),) + a.shape[1:], a.dtype)  # more rows (beams start from one row each)
+    out[part] = rows
     return out
 
 

@@ -52,22 +52,33 @@ def test_take_keeps_the_filled_rows():
     eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
     hidden, mask = _encoded(eng, 3)
     start = np.full(3, 2, np.int64)
-    _, cache = eng.runner.first(start, hidden, mask, max_length=6)
-    eng.runner.step(np.zeros(3, np.int64), cache)
-    want_self, want_cross = cache.bufs[0][[2, 0, 0], :, :2].copy(), cache.cross[0][[0, 2]].copy()
-    reordered = cache.take(np.array([2, 0, 0]))  # beam reorder: copied; cross-attention state kept as is
+
+    def fresh():
+        _, cache = eng.runner.first(start, hidden, mask, max_length=6)
+        eng.runner.step(np.zeros(3, np.int64), cache)
+        return cache
+
+    cache = fresh()
+    want_self, base = cache.bufs[0][[2, 0, 0], :, :2].copy(), cache.bufs[0].__array_interface__["data"][0]
+    reordered = cache.take(np.array([2, 0, 0]))  # beam reorder: gathered into the same buffer
     assert reordered.cross is cache.cross and reordered.length == 2
+    assert reordered.bufs[0].__array_interface__["data"][0] == base
     np.testing.assert_array_equal(reordered.bufs[0][:, :, :2], want_self)
-    base = cache.cross[0].__array_interface__["data"][0]
+    grown = fresh().take(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2]))  # beams start: more rows
+    assert grown.bufs[0].shape[0] == 6 and grown.cross[0].shape[0] == 6
+    np.testing.assert_array_equal(grown.bufs[1][4, :, :2], grown.bufs[1][5, :, :2])
+
+    cache = fresh()
+    want_cross, base = cache.cross[0][[0, 2]].copy(), cache.cross[0].__array_interface__["data"][0]
     kept = cache.take(np.array([0, 2]), np.array([0, 2]))  # rows leaving: compacted in place
     assert kept.bufs[0].shape[0] == 2 and kept.cross[0].__array_interface__["data"][0] == base
     np.testing.assert_array_equal(kept.cross[0], want_cross)
     np.testing.assert_array_equal(kept.mask, mask[[0, 2]])
     # decoding on from the compacted cache gives what a fresh two-row decode gives
     l1 = eng.runner.step(np.array([5, 6]), kept)
-    _, fresh = eng.runner.first(start[:2], hidden[[0, 2]], mask[[0, 2]], max_length=6)
-    eng.runner.step(np.zeros(2, np.int64), fresh)
-    np.testing.assert_allclose(l1, eng.runner.step(np.array([5, 6]), fresh), atol=1e-5)
+    _, two = eng.runner.first(start[:2], hidden[[0, 2]], mask[[0, 2]], max_length=6)
+    eng.runner.step(np.zeros(2, np.int64), two)
+    np.testing.assert_allclose(l1, eng.runner.step(np.array([5, 6]), two), atol=1e-5)
 
 
 @pytest.fixture
@@ -131,3 +142,21 @@ def test_int8_cross_kv_stays_close_to_float(tmp_path):
         assert rel < 0.02, rel
         tokens = np.argmax(lf, axis=1)
         lf, lq = eng.runner.step(tokens, cf), q8.step(tokens, cq)
+
+
+def test_kv_cache_budget_chunks_the_decode_without_changing_ids():
+    tiles = [np.full((200 + 30 * i, 300, 3), 40 * i, np.uint8) for i in range(3)]
+    whole = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=3, max_new_tokens=12, kv_cache_mb=0))
+    per_row = whole.runner.kv_bytes_per_row(13, 600)
+    assert per_row == 2 * 2 * 3 * 8 * 4 * (13 + 601)  # layers, k+v, heads, head size, fp32; self + cross
+    small = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=3, max_new_tokens=12, kv_cache_mb=1))
+    rows = [small.settings] * 6
+    want = max(1, min(6, int(small.opts.kv_cache_mb * 2**20 // (3 * per_row))))
+    assert small._kv_chunk(rows, 600) == want and whole._kv_chunk(rows, 600) == 6
+    calls = []
+    real = small.runner.first
+    small.runner.first = lambda tokens, *a, **k: calls.append(len(tokens)) or real(tokens, *a, **k)
+    got = small.run(tiles, ("od", "ocr"))
+    assert sum(calls) == 6 and len(calls) == -(-6 // want)
+    assert [{t: o[t].token_ids for t in o} for o in got] == \
+        [{t: o[t].token_ids for t in o} for o in whole.run(tiles, ("od", "ocr"))]
