@@ -179,13 +179,21 @@ class Florence2Engine:
                 "num_beams": self.settings.num_beams, "max_new_tokens": self.settings.max_new_tokens}
 
     # -- stages ---------------------------------------------------------------------
-    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        """[T,3,H,W] -> [T,577,D], in chunks of opts.vision_batch tiles."""
+    def image_features(self, pixel_values) -> np.ndarray:
+        """[T,3,H,W] pixel values, or a list of T uint8 HxWx3 tiles (then preprocessed one vision
+        chunk at a time: a 768 tile's float pixels are 7 MB) -> [T,577,D], in chunks of
+        opts.vision_batch tiles."""
+        from models.preprocess import preprocess
+
         dtype = _input_dtype(self.vision)
         step = self._chunk(self.opts.vision_batch)
         starts = range(0, len(pixel_values), step)
-        parts = [self.vision.run(None, {"pixel_values": pixel_values[i:i + step].astype(dtype, copy=False)},
-                                 self._run_options(i == starts[-1]))[0] for i in starts]
+        parts = []
+        for i in starts:
+            chunk = pixel_values[i:i + step]
+            px = preprocess(list(chunk), self.pre_cfg) if isinstance(pixel_values, list) else chunk
+            parts.append(self.vision.run(None, {"pixel_values": px.astype(dtype, copy=False)},
+                                         self._run_options(i == starts[-1]))[0])
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _release_memory(self) -> None:
@@ -268,8 +276,6 @@ class Florence2Engine:
     def run(self, tiles: Sequence[np.ndarray], tasks: Sequence[str] = TASKS,
             settings: Mapping[str, GenerationSettings] | None = None) -> list[dict[str, TaskOutput]]:
         """settings: optional GenerationSettings per task (default: the engine's for every task)."""
-        from models.preprocess import preprocess
-
         tasks = tuple(tasks)
         for t in tasks:
             if t not in TASKS:
@@ -277,7 +283,7 @@ class Florence2Engine:
         if not tiles or not tasks:
             return [{} for _ in tiles]
         try:
-            feats = self.image_features(preprocess(list(tiles), self.pre_cfg))
+            feats = self.image_features(list(tiles))
             hidden, mask = self.encode(feats, tasks)
             seqs = self.generate_rows(hidden, mask, self.task_settings(settings, tasks) * len(tiles))
         except (ConfigError, ModelError):
