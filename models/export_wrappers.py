@@ -87,6 +87,38 @@ def channel_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor
     return self.proj(out.permute(0, 2, 1, 3).reshape(b, n, c))
 
 
+def _window_attention(self, query, key, value):
+    """eager attention of [W, H, T, D] windows, one head at a time: the [W, H, T, T] scores of the
+    first stage at 768 (256 windows x 4 heads x 144 x 144 floats, 85 MB, plus as much for their
+    softmax) are the vision tower's largest activations; one head at a time they are a quarter."""
+    outs = []
+    for h in range(query.shape[1]):
+        q, k, v = query[:, h:h + 1], key[:, h:h + 1], value[:, h:h + 1]
+        w = nn.functional.softmax(torch.matmul(q, k.transpose(2, 3)) * self.scale, dim=-1)
+        outs.append(torch.matmul(w, v))
+    return torch.cat(outs, dim=1).transpose(1, 2)  # [W, T, H, D], as eager_attention_forward returns
+
+
+def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """`Florence2VisionWindowAttention.forward` (transformers 5), attention one head at a time."""
+    import torch.nn.functional as F
+
+    b, height, width, c = hidden_states.shape
+    ws = self.window_size
+    pad_r, pad_b = (ws - width % ws) % ws, (ws - height % ws) % ws
+    hidden_states = F.pad(hidden_states, (0, 0, 0, pad_r, 0, pad_b))
+    _, ph, pw, _ = hidden_states.shape
+    windows = hidden_states.view(b, ph // ws, ws, pw // ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
+    windows = windows.view(-1, ws * ws, c)
+    n, t, _ = windows.shape
+    qkv = self.qkv(windows).reshape(n, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.unbind(0)
+    out = self.proj(_window_attention(self, query, key, value).reshape(n, t, c))
+    out = out.view(-1, ph // ws, pw // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
+    out = out.view(-1, ph, pw, c)[:, :height, :width, :].contiguous()
+    return out.view(b, height * width, c)
+
+
 class VisionWrapper(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -101,12 +133,13 @@ def export_layouts():
     """Export-time forwards that ONNX Runtime runs faster (same results; see channel_attention_forward)."""
     from transformers.models.florence2 import modeling_florence2 as mf
 
-    original = mf.Florence2VisionChannelAttention.forward
+    originals = (mf.Florence2VisionChannelAttention.forward, mf.Florence2VisionWindowAttention.forward)
     mf.Florence2VisionChannelAttention.forward = channel_attention_forward
+    mf.Florence2VisionWindowAttention.forward = window_attention_forward
     try:
         yield
     finally:
-        mf.Florence2VisionChannelAttention.forward = original
+        mf.Florence2VisionChannelAttention.forward, mf.Florence2VisionWindowAttention.forward = originals
 
 
 class EmbedWrapper(nn.Module):
