@@ -94,7 +94,7 @@ class ModelSettings:
     num_beams: int = 0  # 0: as generation_config.json says
     max_new_tokens: int = 1024
     decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
-    kv_cache_mb: int = 512  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
+    kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
 
 
 @dataclass(frozen=True)

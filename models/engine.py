@@ -47,10 +47,12 @@ class EngineOptions:
     vision_batch: int = 0
     encoder_batch: int = 0
     decode_batch: int = 0  # sequences decoded together (bounds the KV-cache memory); 0: see kv_cache_mb
-    # With decode_batch 0: decode as many sequences together as fit this worst-case KV-cache size
-    # (every row at max_new_tokens; beams count as rows); 0: all of them.  Pages are mapped as
-    # the caches fill, so sequences that end early cost less than this.
-    kv_cache_mb: int = 512
+    # With decode_batch 0: decode consecutive sequences together while their worst-case caches
+    # (each row at its max_new_tokens; beams count as rows) fit this many MB; 0: all of them.
+    # Pages are mapped as the caches fill, so sequences that end early cost less than this.
+    # 256: the dense-1080p frame (12 greedy rows, 512/256 tokens: 236 MB) stays one batch, and
+    # 3-beam 1024-token sequences (130 MB each) decode one at a time.
+    kv_cache_mb: int = 256
     # ORT memory: the CPU arena keeps the largest activations' memory for the process's life.
     # The memory pattern pre-plans one block per input shape; off by default because that block
     # is allocated beside the arena's free chunks: base int8 vision tower, one 768 tile, second
@@ -253,19 +255,28 @@ class Florence2Engine:
                       rows: Sequence[GenerationSettings] | None = None) -> list[Generated]:
         """rows: settings per row (default: self.settings for all); greedy rows share each decoder call."""
         rows = list(rows) if rows is not None else [self.settings] * len(hidden)
-        step = self.opts.decode_batch or self._kv_chunk(rows, hidden.shape[1])
         out: list[Generated] = []
-        for i in range(0, len(hidden), step):
-            out += generate(self.runner, hidden[i:i + step], mask[i:i + step], self.settings, rows[i:i + step])
+        for i, j in self._decode_chunks(rows, hidden.shape[1]):
+            out += generate(self.runner, hidden[i:j], mask[i:j], self.settings, rows[i:j])
         return out
 
-    def _kv_chunk(self, rows: Sequence[GenerationSettings], enc_len: int) -> int:
-        """Sequences per decode call so that their worst-case caches fit opts.kv_cache_mb (>= 1)."""
-        if not rows or self.opts.kv_cache_mb <= 0:
-            return max(len(rows), 1)
-        per_row = self.runner.kv_bytes_per_row(max(r.max_length for r in rows), enc_len)
-        per_seq = per_row * max(r.num_beams for r in rows)
-        return max(1, min(len(rows), int(self.opts.kv_cache_mb * 2**20 // per_seq)))
+    def _decode_chunks(self, rows: Sequence[GenerationSettings], enc_len: int) -> list[tuple[int, int]]:
+        """[start, end) of each decode call: opts.decode_batch sequences, else consecutive sequences
+        while their worst-case caches (each at its own max_length, beams counted) fit
+        opts.kv_cache_mb; at least one sequence per call."""
+        n = len(rows)
+        if self.opts.decode_batch:
+            return [(i, min(i + self.opts.decode_batch, n)) for i in range(0, n, self.opts.decode_batch)]
+        if self.opts.kv_cache_mb <= 0:
+            return [(0, n)] if n else []
+        budget, chunks, start, used = self.opts.kv_cache_mb * 2**20, [], 0, 0
+        for i, r in enumerate(rows):
+            cost = self.runner.kv_bytes_per_row(r.max_length, enc_len) * r.num_beams
+            if i > start and used + cost > budget:
+                chunks.append((start, i))
+                start, used = i, 0
+            used += cost
+        return chunks + ([(start, n)] if n else [])
 
     def task_settings(self, overrides: Mapping[str, GenerationSettings] | None, tasks: Sequence[str]):
         """Settings per task: self.settings unless overridden (e.g. a token budget per task)."""

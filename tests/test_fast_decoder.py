@@ -151,12 +151,30 @@ def test_kv_cache_budget_chunks_the_decode_without_changing_ids():
     assert per_row == 2 * 2 * 3 * 8 * 4 * (13 + 601)  # layers, k+v, heads, head size, fp32; self + cross
     small = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=3, max_new_tokens=12, kv_cache_mb=1))
     rows = [small.settings] * 6
-    want = max(1, min(6, int(small.opts.kv_cache_mb * 2**20 // (3 * per_row))))
-    assert small._kv_chunk(rows, 600) == want and whole._kv_chunk(rows, 600) == 6
+    per_seq = 3 * per_row
+    fit = max(1, min(6, int(2**20 // per_seq)))  # sequences per 1 MB
+    chunks = small._decode_chunks(rows, 600)
+    assert chunks[0] == (0, fit) and chunks[-1][1] == 6 and whole._decode_chunks(rows, 600) == [(0, 6)]
+    want = fit
     calls = []
     real = small.runner.first
     small.runner.first = lambda tokens, *a, **k: calls.append(len(tokens)) or real(tokens, *a, **k)
     got = small.run(tiles, ("od", "ocr"))
-    assert sum(calls) == 6 and len(calls) == -(-6 // want)
+    assert sum(calls) == 6 and len(calls) == len(chunks) == -(-6 // want)
     assert [{t: o[t].token_ids for t in o} for o in got] == \
         [{t: o[t].token_ids for t in o} for o in whole.run(tiles, ("od", "ocr"))]
+
+
+def test_decode_chunks_pack_sequences_by_their_own_budgets():
+    eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1, kv_cache_mb=1))
+    long = eng.settings.with_overrides(num_beams=1, max_new_tokens=1000)
+    short = eng.settings.with_overrides(num_beams=1, max_new_tokens=10)
+    rows = [long, short] * 4
+    cost = [eng.runner.kv_bytes_per_row(r.max_length, 600) for r in rows]
+    chunks = eng._decode_chunks(rows, 600)
+    assert [c for chunk in chunks for c in range(*chunk)] == list(range(8))  # contiguous, in order
+    for (i, j), nxt in zip(chunks, chunks[1:] + [None]):
+        assert sum(cost[i:j]) <= 2**20 or j - i == 1
+        if nxt is not None:
+            assert sum(cost[i:j + 1]) > 2**20  # the next sequence did not fit
+    assert len(chunks) == 4
