@@ -131,6 +131,15 @@ def _register_shared_arena() -> None:
     _SHARED_ARENA.append(info)
 
 
+def _shrink_options():
+    """RunOptions returning the arena's free memory to the OS after the call."""
+    import onnxruntime as ort
+
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return ro
+
+
 def _input_dtype(session, name: str | None = None):
     inputs = session.get_inputs()
     t = next((i.type for i in inputs if i.name == name), inputs[0].type)
@@ -150,6 +159,7 @@ class Florence2Engine:
         tc = self.dir.text_config()
         heads = tc.get("decoder_attention_heads")
         head_dim = tc["d_model"] // heads if heads and tc.get("d_model") else None
+        self._shrink = _shrink_options() if opts.arena_shrink and opts.cpu_mem_arena else None
         fast = self.dir.fast_decoder_paths() if opts.fast_decoder else None
         try:
             if fast:
@@ -212,13 +222,7 @@ class Florence2Engine:
 
     def _run_options(self, last: bool):
         """RunOptions that shrink the arena after the call (opts.arena_shrink), for a stage's last call."""
-        if not (last and self.opts.arena_shrink and self.opts.cpu_mem_arena):
-            return None
-        import onnxruntime as ort
-
-        ro = ort.RunOptions()
-        ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        return ro
+        return self._shrink if last else None
 
     def prompt_ids(self, task: str) -> list[int]:
         from models.prompts import prompt_for

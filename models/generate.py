@@ -200,13 +200,15 @@ class BufferCache:
     """Self-attention buffers [R, H, max_length, Dh] filled up to `length`, cross-attention keys and
     values [R, H, S + 1, Dh] (+ their scales when int8); all numpy, bound to ORT without copies."""
 
-    def __init__(self, mask: np.ndarray, bufs: list, cross: list, length: int, scales: dict | None = None):
+    def __init__(self, mask: np.ndarray, bufs: list, cross: list, length: int, scales: dict | None = None,
+                 ort_cross: list | None = None):
+        """ort_cross: the OrtValues of `cross` when they already exist (the cross state is unchanged)."""
         import onnxruntime as ort
 
         self.mask, self.bufs, self.cross, self.length = mask, bufs, cross, length
         self.scales = scales or {}
         self.ort_bufs = [ort.OrtValue.ortvalue_from_numpy(b) for b in bufs]
-        self.ort_cross = [ort.OrtValue.ortvalue_from_numpy(c) for c in cross]
+        self.ort_cross = ort_cross or [ort.OrtValue.ortvalue_from_numpy(c) for c in cross]
 
     def take(self, idx: np.ndarray, cross_idx: np.ndarray | None = None) -> "BufferCache":
         """Rows idx (self-attention) and cross_idx (cross-attention; None: unchanged).  Increasing
@@ -215,7 +217,7 @@ class BufferCache:
         n = self.length
         bufs = [_rows(b, idx, n) for b in self.bufs]
         if cross_idx is None:
-            return BufferCache(self.mask, bufs, self.cross, n, self.scales)
+            return BufferCache(self.mask, bufs, self.cross, n, self.scales, self.ort_cross)
         return BufferCache(self.mask[cross_idx], bufs, [_rows(c, cross_idx) for c in self.cross], n, self.scales)
 
 
