@@ -65,10 +65,11 @@ def export(out, src, random_config, seed, tokenizer_dir):
 def quantize(model_dir, dtype):
     """Write the DTYPE variant of DIR's fp32 graphs next to them."""
     _require("onnx", "export")
+    from models.modeldir import graph_bytes
     from models.quantize import quantize_dir
 
     for path in quantize_dir(model_dir, dtype):
-        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        click.echo(f"wrote {path} ({graph_bytes(path) / 1e6:.1f} MB)")
 
 
 @models.command("verify")
@@ -99,10 +100,10 @@ def pull_cmd(name, variant, dest):
 @click.argument("model_dir", metavar="DIR", type=click.Path(file_okay=False))
 def list_cmd(model_dir):
     """List the complete variants in DIR with their sizes; * marks the CPU default."""
-    from models.modeldir import PARTS, open_model_dir
+    from models.modeldir import PARTS, graph_bytes, open_model_dir
 
     md = open_model_dir(model_dir)
     for v in md.available_variants():
-        size = sum((md.path / "onnx" / f"{p}{v}.onnx").stat().st_size for p in PARTS)
+        size = sum(graph_bytes(md.path / "onnx" / f"{p}{v}.onnx") for p in PARTS)
         mark = "*" if v == md.variant else " "
         click.echo(f"{mark} {v.lstrip('_') or 'fp32':10s} {size / 1e6:9.1f} MB")

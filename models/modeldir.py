@@ -64,6 +64,12 @@ def variant_files(path: Path, variant: str) -> list[Path]:
     return [path / "onnx" / f"{part}{variant}.onnx" for part in PARTS]
 
 
+def graph_bytes(file: Path) -> int:
+    """Size of an ONNX graph with its external-data file (`<name>_data`), if any."""
+    data = file.with_name(file.name + "_data")
+    return file.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def present_variants(path) -> list[str]:
     """Variants with at least one of their four files present (complete or not)."""
     path = Path(path)

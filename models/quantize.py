@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import FAST_PARTS, PARTS
+from models.modeldir import FAST_PARTS, PARTS, graph_bytes
 
 log = logging.getLogger(f"edge_agent.{__name__}")
 
@@ -95,8 +95,7 @@ CONVERTERS = {"int8": _quantize_int8, "q4": _quantize_q4, "fp16": _convert_fp16}
 
 
 def _big(src: Path) -> bool:
-    data = src.with_name(src.name + "_data")
-    return src.stat().st_size + (data.stat().st_size if data.is_file() else 0) > EXTERNAL_DATA_ABOVE
+    return graph_bytes(src) > EXTERNAL_DATA_ABOVE
 
 
 @contextmanager
@@ -116,13 +115,19 @@ def _quiet():
 
 def _convert_one(convert, src: Path, dst: Path) -> None:
     """Convert into a private temporary folder under the final name, then move the graph's
-    external-data file(s) and finally the graph into place (locations stay valid)."""
+    external-data file(s) and finally the graph into place (locations stay valid).  The token
+    embedding table always goes to an external-data file, which ORT maps (export.map_weights)."""
+    from models.export import map_weights, same_mode
+
     tmp_dir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=dst.parent))
     try:
         with _quiet():
             convert(src, tmp_dir / dst.name)
+        if src.stem == "embed_tokens":
+            map_weights(tmp_dir / dst.name)
         produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == dst.name)  # the graph last
         for f in produced:
+            same_mode(f, src)
             os.replace(f, dst.parent / f.name)
     except Exception as exc:
         if isinstance(exc, (ModelError, ConfigError)):

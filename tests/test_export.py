@@ -36,6 +36,7 @@ def test_layout_files_present():
     for suffix in ("", "_int8"):
         for part in PARTS + FAST_PARTS:
             assert (TINY / "onnx" / f"{part}{suffix}.onnx").is_file(), part + suffix
+        assert (TINY / "onnx" / f"embed_tokens{suffix}.onnx_data").is_file()  # models/export.py map_weights
     for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
                  "tokenizer_config.json"):
         assert (TINY / name).is_file(), name

@@ -24,10 +24,10 @@ def fp32_dir(tmp_path_factory):
     if not (TINY / "onnx" / "vision_encoder.onnx").is_file():
         pytest.skip("tiny fixture model not present")
     d = tmp_path_factory.mktemp("q") / "m"
-    variants = [f"*{v}.onnx" for v in VARIANTS if v]
+    variants = [f"*{v}.onnx{data}" for v in VARIANTS if v for data in ("", "_data")]
     fast = [f"{p}.onnx" for p in FAST_PARTS]  # quantized with the rest in tests/test_fast_decoder.py
     shutil.copytree(TINY, d, ignore=shutil.ignore_patterns(*variants, *fast))  # the four fp32 graphs only
-    assert sorted(p.name for p in (d / "onnx").iterdir()) == sorted(f"{part}.onnx" for part in PARTS)
+    assert sorted(p.name for p in (d / "onnx").iterdir()) == sorted([f"{part}.onnx" for part in PARTS] + ["embed_tokens.onnx_data"])
     return d
 
 
@@ -147,3 +147,51 @@ def test_external_data_output(tmp_path, monkeypatch, dtype):
     ref = run(d / "onnx" / "encoder_model.onnx", "encoder_model", cfg)
     got = run(dst, "encoder_model", cfg)
     assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("dtype", ["int8", "q4", "fp16"])
+def test_embedding_table_goes_to_a_mapped_file(fp32_dir, dtype):
+    """Every variant's embed_tokens keeps its table in `<graph>_data`, readable as the graph is."""
+    (dst,) = quantize_dir(fp32_dir, dtype, parts=("embed_tokens",))
+    data = dst.with_name(dst.name + "_data")
+    assert read_graph_meta(dst).external_files == {data.name}
+    assert data.stat().st_mode & 0o777 == (fp32_dir / "onnx" / "embed_tokens.onnx").stat().st_mode & 0o777
+    ids = np.array([[0, 2, 51288]], np.int64)
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    ref = ort.InferenceSession(str(fp32_dir / "onnx" / "embed_tokens.onnx"),
+                               providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
+
+
+RSS_PROBE = """
+import sys, numpy as np, onnxruntime as ort
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+before = rss()
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+s.run(None, {"input_ids": np.array([[0, 7, 19999]], np.int64)})
+print(rss() - before)
+"""
+
+
+def test_mapped_embedding_table_is_resident_only_where_read(tmp_path):
+    """The reason for map_weights: ORT maps external data, and a Gather reads only some rows.
+    A 64 MB table: inline it costs its size in RSS; mapped, a few pages."""
+    import subprocess
+    import sys
+
+    from models.export import map_weights
+
+    table = onnx.numpy_helper.from_array(np.random.default_rng(0).random((20000, 800), np.float32), "table")
+    node = onnx.helper.make_node("Gather", ["table", "input_ids"], ["inputs_embeds"])
+    graph = onnx.helper.make_graph(
+        [node], "embed", [onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, [1, None])],
+        [onnx.helper.make_tensor_value_info("inputs_embeds", onnx.TensorProto.FLOAT, [1, None, 800])], [table])
+    inline, mapped = tmp_path / "inline.onnx", tmp_path / "mapped.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), str(inline))
+    shutil.copyfile(inline, mapped)
+    map_weights(mapped)
+    assert (tmp_path / "mapped.onnx_data").stat().st_size >= 64_000_000
+    grow = {f.name: int(subprocess.run([sys.executable, "-c", RSS_PROBE, str(f)], capture_output=True, text=True,
+                                       check=True).stdout) for f in (inline, mapped)}
+    assert grow["inline.onnx"] > 55 and grow["mapped.onnx"] < 16, grow
