@@ -20,6 +20,7 @@ import numpy as np
 from edge_agent.errors import ConfigError, ModelError, RuntimeFailure
 from models.generate import BufferedRunner, DecoderRunner, Generated, generate
 from models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
+from models.memory import advise_random, trim_heap
 from models.outputs import TASKS, TaskOutput
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,17 @@ def _shrink_options():
     return ro
 
 
+def _run_into(session, feeds: dict, out: np.ndarray, run_options=None) -> None:
+    """Run `session` with its first output written into `out` (IO binding)."""
+    import onnxruntime as ort
+
+    io = session.io_binding()
+    for name, value in feeds.items():
+        io.bind_cpu_input(name, value)
+    io.bind_ortvalue_output(session.get_outputs()[0].name, ort.OrtValue.ortvalue_from_numpy(out))
+    session.run_with_iobinding(io, run_options)
+
+
 def _input_dtype(session, name: str | None = None):
     inputs = session.get_inputs()
     t = next((i.type for i in inputs if i.name == name), inputs[0].type)
@@ -174,10 +186,30 @@ class Florence2Engine:
         self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
                                                     max_new_tokens=opts.max_new_tokens)
         self._prompt_cache: dict[str, np.ndarray] = {}
+        self._out_shapes: dict[tuple, tuple] = {}  # _run_owned: output shape and dtype per input shape
+        self._settle_memory()
         limit = tc.get("max_position_embeddings")
         if isinstance(limit, int) and self.settings.max_new_tokens > limit:
             raise ConfigError(f"max_new_tokens={self.settings.max_new_tokens} exceeds the decoder's "
                               f"max_position_embeddings={limit} ({self.dir.path / 'config.json'})")
+
+    def _settle_memory(self) -> None:
+        """Load-time memory choices.  The embedding table, when `models export`/`quantize` put it in
+        an external-data file (ORT maps those), is advised for random access (models/memory.py):
+        base int8 37 MB -> ~5 MB resident over a 3-beam 1024-token frame.  The prompts are embedded
+        now, so that the shared arena's first region is theirs (a few KB): ORT never shrinks the
+        first region of a kNextPowerOfTwo arena, and the vision tower's first activation made it
+        32 MB."""
+        data = self.dir.onnx_path("embed_tokens")
+        data = data.with_name(data.name + "_data")
+        if data.is_file():
+            advise_random(data)
+        try:
+            for task in TASKS:
+                self.prompt_embeds(task)
+        except Exception as exc:  # onnxruntime's own error types
+            raise ModelError(f"{self.dir.onnx_path('embed_tokens')}: cannot run: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     def _chunk(self, value: int) -> int:
         if value > 0:
@@ -204,21 +236,30 @@ class Florence2Engine:
         for i in starts:
             chunk = pixel_values[i:i + step]
             px = preprocess(list(chunk), self.pre_cfg) if isinstance(pixel_values, list) else chunk
-            parts.append(self.vision.run(None, {"pixel_values": px.astype(dtype, copy=False)},
-                                         self._run_options(i == starts[-1]))[0])
+            parts.append(self._run_owned(self.vision, {"pixel_values": px.astype(dtype, copy=False)},
+                                         self._run_options(i == starts[-1])))
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _run_owned(self, session, feeds: dict, run_options) -> np.ndarray:
+        """The session's first output, written into an array we own.  ONNX Runtime's own outputs
+        live in its arena, and one that is kept pins its arena region through the shrink after a
+        stage (measured: +32 MB resident after the vision stage).  The output's shape is learned
+        from the first call at each input shape, whose output is copied."""
+        key = (id(session), *(v.shape for v in feeds.values()))
+        known = self._out_shapes.get(key)
+        if known is None:
+            out = session.run(None, feeds, run_options)[0]
+            self._out_shapes[key] = (out.shape, out.dtype)
+            return np.array(out)
+        out = np.empty(*known)
+        _run_into(session, feeds, out, run_options)
+        return out
 
     def _release_memory(self) -> None:
         """After a stage: return glibc's free heap pages to the OS (numpy temporaries of the stage;
         measured -40 MB before the decode of a base dense-1080p frame).  No-op off glibc."""
-        if not self.opts.arena_shrink:
-            return
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+        if self.opts.arena_shrink:
+            trim_heap()
 
     def _run_options(self, last: bool):
         """RunOptions that shrink the arena after the call (opts.arena_shrink), for a stage's last call."""
@@ -233,22 +274,26 @@ class Florence2Engine:
         if task not in self._prompt_cache:
             ids = np.asarray([self.prompt_ids(task)], np.int64)
             emb = self.embed.run(None, {"input_ids": ids})[0][0]
-            self._prompt_cache[task] = emb.astype(np.float32, copy=False)
+            self._prompt_cache[task] = np.array(emb, np.float32)  # a copy: ORT's output would pin its arena
         return self._prompt_cache[task]
 
-    def encode(self, feats: np.ndarray, tasks: Sequence[str]):
-        """One row per (tile, task), tile-major: image features then prompt, right-padded."""
-        rows = [np.concatenate([f, self.prompt_embeds(t)]) for f in feats for t in tasks]
-        length = max(len(r) for r in rows)
-        x = np.zeros((len(rows), length, rows[0].shape[1]), np.float32)
-        mask = np.zeros((len(rows), length), np.int64)
-        for i, r in enumerate(rows):
-            x[i, :len(r)], mask[i, :len(r)] = r, 1
+    def encode(self, feats: np.ndarray, tasks: Sequence[str], rows: range | None = None):
+        """One row per (tile, task), tile-major: image features then prompt, right-padded to the
+        image tokens plus the longest prompt of `tasks`.  rows: which of those rows (default all)."""
+        prompts = [self.prompt_embeds(t) for t in tasks]
+        rows = range(len(feats) * len(tasks)) if rows is None else rows
+        n_img = feats.shape[1]
+        x = np.zeros((len(rows), n_img + max(len(p) for p in prompts), feats.shape[2]), np.float32)
+        mask = np.zeros(x.shape[:2], np.int64)
+        for k, r in enumerate(rows):
+            prompt = prompts[r % len(tasks)]
+            x[k, :n_img], x[k, n_img:n_img + len(prompt)] = feats[r // len(tasks)], prompt
+            mask[k, :n_img + len(prompt)] = 1
         dtype = _input_dtype(self.encoder)
         step = self._chunk(self.opts.encoder_batch)
         starts = range(0, len(x), step)
-        hidden = [self.encoder.run(None, {"inputs_embeds": x[i:i + step].astype(dtype, copy=False),
-                                          "attention_mask": mask[i:i + step]}, self._run_options(i == starts[-1]))[0]
+        hidden = [self._run_owned(self.encoder, {"inputs_embeds": x[i:i + step].astype(dtype, copy=False),
+                                                 "attention_mask": mask[i:i + step]}, self._run_options(i == starts[-1]))
                   for i in starts]
         hidden = np.concatenate(hidden)
         del x
@@ -262,6 +307,21 @@ class Florence2Engine:
         out: list[Generated] = []
         for i, j in self._decode_chunks(rows, hidden.shape[1]):
             out += generate(self.runner, hidden[i:j], mask[i:j], self.settings, rows[i:j])
+        return out
+
+    def decode(self, feats: np.ndarray, tasks: Sequence[str], rows: Sequence[GenerationSettings]) -> list[Generated]:
+        """Text encoder and generation of every (tile, task) row, one decode chunk (_decode_chunks)
+        at a time, so that only that chunk's encoder states exist (16 rows of base: 29 MB), with
+        the heap trimmed after each."""
+        enc_len = feats.shape[1] + max(len(self.prompt_embeds(t)) for t in tasks)
+        out: list[Generated] = []
+        for i, j in self._decode_chunks(rows, enc_len):
+            hidden, mask = self.encode(feats, tasks, range(i, j))
+            out += generate(self.runner, hidden, mask, self.settings, rows[i:j])
+            del hidden, mask
+            # the beam reorders' temporaries leave glibc's heap ~70 MB larger (3 beams, 1024 tokens),
+            # which the next vision stage would otherwise start from
+            self._release_memory()
         return out
 
     def _decode_chunks(self, rows: Sequence[GenerationSettings], enc_len: int) -> list[tuple[int, int]]:
@@ -299,8 +359,7 @@ class Florence2Engine:
             return [{} for _ in tiles]
         try:
             feats = self.image_features(list(tiles))
-            hidden, mask = self.encode(feats, tasks)
-            seqs = self.generate_rows(hidden, mask, self.task_settings(settings, tasks) * len(tiles))
+            seqs = self.decode(feats, tasks, self.task_settings(settings, tasks) * len(tiles))
         except (ConfigError, ModelError):
             raise
         except Exception as exc:  # onnxruntime failures at run time

@@ -1,0 +1,53 @@
+"""Linux memory levers for the engine, each a few lines of ctypes (no-ops elsewhere).
+
+- trim_heap: glibc's malloc_trim, which returns free heap pages to the OS.
+- advise_random: for a weights file that ONNX Runtime maps (external data), madvise(MADV_RANDOM)
+  on its mappings and drop its cached pages.  A mapped table read a row at a time (the token
+  embedding) otherwise becomes resident 64 KB around every row read (the kernel's fault-around
+  and read-ahead): on the random tokens of a random model that maps the whole table.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+MADV_RANDOM = 1
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def advise_random(file: Path) -> int:
+    """Returns the number of mappings of `file` advised (0 where /proc or libc is missing)."""
+    path, libc = os.path.realpath(file), _libc()
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        return 0
+    if libc is None:
+        return 0
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    advised = 0
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == path:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            advised += libc.madvise(start, end - start, MADV_RANDOM) == 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # pages read at load: not ours until used
+    finally:
+        os.close(fd)
+    return advised
