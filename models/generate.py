@@ -18,12 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from models.generation import GenerationSettings, chosen_probs, log_softmax, process_scores
-from models.memory import trim_heap
 
 NEG = np.float32(-1.0e9)
-# Steps between heap trims (models/memory.py): the per-step numpy temporaries (logits, beam
-# bookkeeping) leave glibc's heap with freed but resident pages, ~65 MB over 1024 3-beam steps.
-TRIM_EVERY = 64
 
 
 @dataclass
@@ -197,8 +193,6 @@ class BufferedRunner:
             io.bind_cpu_input(name, value)
         self.dec.run_with_iobinding(io)
         cache.length += 1
-        if cache.length % TRIM_EVERY == 0:
-            trim_heap()
         return _last(io.get_outputs()[0].numpy())
 
 
