@@ -196,10 +196,10 @@ class Florence2Engine:
     def _settle_memory(self) -> None:
         """Load-time memory choices.  The embedding table, when `models export`/`quantize` put it in
         an external-data file (ORT maps those), is advised for random access (models/memory.py):
-        base int8 37 MB -> ~5 MB resident over a 3-beam 1024-token frame.  The prompts are embedded
-        now, so that the shared arena's first region is theirs (a few KB): ORT never shrinks the
-        first region of a kNextPowerOfTwo arena, and the vision tower's first activation made it
-        32 MB.  Then the heap is trimmed."""
+        no read-ahead around the rows read.  The prompts are embedded now, so that the shared
+        arena's first region is theirs (a few KB): ORT never shrinks the first region of a
+        kNextPowerOfTwo arena, and the vision tower's first activation made it 32 MB.  Then the
+        heap is trimmed."""
         data = self.dir.onnx_path("embed_tokens")
         data = data.with_name(data.name + "_data")
         if data.is_file():

@@ -2,9 +2,11 @@
 
 - trim_heap: glibc's malloc_trim, which returns free heap pages to the OS.
 - advise_random: for a weights file that ONNX Runtime maps (external data), madvise(MADV_RANDOM)
-  on its mappings and drop its cached pages.  A mapped table read a row at a time (the token
-  embedding) otherwise becomes resident 64 KB around every row read (the kernel's fault-around
-  and read-ahead): on the random tokens of a random model that maps the whole table.
+  on its mappings: no read-ahead, so a table read a row at a time (the token embedding) is read
+  from disk a page at a time.  The kernel still maps the cached pages around a faulting one
+  (fault-around, 64 KB), so a table that is already in the page cache (just written, or read by
+  an earlier run) becomes resident 64 KB around every row read: on the random tokens of a
+  random model, the whole table.
 """
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-def advise_random(file: Path) -> int:
-    """Returns the number of mappings of `file` advised (0 where /proc or libc is missing)."""
+def advise_random(file: Path, drop_cache: bool = False) -> int:
+    """Returns the number of mappings of `file` advised (0 where /proc or libc is missing).
+    drop_cache: also evict the file from the page cache, so that fault-around finds no cached
+    neighbours to map; rows are then read from disk the first time (base int8 dense-1080p frame:
+    decode 6.3 -> 7.5 s in a fresh process on this VM), which is why the engine does not."""
     path, libc = os.path.realpath(file), _libc()
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
@@ -45,9 +50,10 @@ def advise_random(file: Path) -> int:
         if len(fields) == 6 and fields[5] == path:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             advised += libc.madvise(start, end - start, MADV_RANDOM) == 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # pages read at load: not ours until used
-    finally:
-        os.close(fd)
+    if drop_cache:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
     return advised

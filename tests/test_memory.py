@@ -22,7 +22,7 @@ def scattered_reads(path, stride: int, advise: bool) -> int:
     """Map `path`, read one byte every `stride` bytes; RssFile growth in KB."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
         if advise:
-            assert advise_random(path) == 1
+            assert advise_random(path, drop_cache=True) == 1
         before = rss_file_kb()
         total = sum(m[i] for i in range(0, len(m), stride))
         grown = rss_file_kb() - before
