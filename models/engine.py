@@ -200,8 +200,9 @@ class Florence2Engine:
         arena's first region is theirs (a few KB): ORT never shrinks the first region of a
         kNextPowerOfTwo arena, and the vision tower's first activation made it 32 MB.  Then the
         heap is trimmed."""
-        data = self.dir.onnx_path("embed_tokens")
-        data = data.with_name(data.name + "_data")
+        from models.modeldir import external_data
+
+        data = external_data(self.dir.onnx_path("embed_tokens"))
         if data.is_file():
             advise_random(data)
         try:
@@ -313,17 +314,16 @@ class Florence2Engine:
 
     def decode(self, feats: np.ndarray, tasks: Sequence[str], rows: Sequence[GenerationSettings]) -> list[Generated]:
         """Text encoder and generation of every (tile, task) row, one decode chunk (_decode_chunks)
-        at a time, so that only that chunk's encoder states exist (16 rows of base: 29 MB), with
-        the heap trimmed after each."""
+        at a time, so that only that chunk's encoder states exist (16 rows of base: 29 MB); the
+        heap is trimmed at the end."""
         enc_len = feats.shape[1] + max(len(self.prompt_embeds(t)) for t in tasks)
         out: list[Generated] = []
         for i, j in self._decode_chunks(rows, enc_len):
-            hidden, mask = self.encode(feats, tasks, range(i, j))
+            hidden, mask = self.encode(feats, tasks, range(i, j))  # ends with a heap trim
             out += generate(self.runner, hidden, mask, self.settings, rows[i:j])
             del hidden, mask
-            # the beam reorders' temporaries leave glibc's heap ~70 MB larger (3 beams, 1024 tokens),
-            # which the next vision stage would otherwise start from
-            self._release_memory()
+        # the decode's temporaries leave glibc's heap ~70 MB larger (3 beams, 1024 tokens)
+        self._release_memory()
         return out
 
     def _decode_chunks(self, rows: Sequence[GenerationSettings], enc_len: int) -> list[tuple[int, int]]:

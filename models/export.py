@@ -177,11 +177,18 @@ def map_weights(path: Path) -> None:
     prepacked or transformed at load gain nothing: ORT copies those either way."""
     import onnx
 
-    model = onnx.load(str(path))
-    data = path.with_name(path.name + "_data")
+    _save_external(onnx.load(str(path)), path)
+
+
+def _save_external(model, path: Path) -> None:
+    """Save with every weight in the external-data file beside the graph, readable as the graph is."""
+    import onnx
+
+    from models.modeldir import external_data
+
+    data = external_data(path)
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=data.name, size_threshold=1024)
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
     same_mode(data, path)
 
 
@@ -254,9 +261,7 @@ def save_onnx(model, path: Path) -> None:
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
         return
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=path.name + "_data")
-    same_mode(path.with_name(path.name + "_data"), path)
+    _save_external(model, path)
     onnx.checker.check_model(str(path))
 
 

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from pathlib import Path
 
 MADV_RANDOM = 1
 
 
+@functools.lru_cache(maxsize=None)
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
@@ -30,11 +32,11 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-def advise_random(file: Path, drop_cache: bool = False) -> int:
-    """Returns the number of mappings of `file` advised (0 where /proc or libc is missing).
-    drop_cache: also evict the file from the page cache, so that fault-around finds no cached
-    neighbours to map; rows are then read from disk the first time (base int8 dense-1080p frame:
-    decode 6.3 -> 7.5 s in a fresh process on this VM), which is why the engine does not."""
+def advise_random(file: Path) -> int:
+    """Returns the number of mappings of `file` advised (0 where /proc or libc is missing).  The
+    file's page cache is left alone: evicting it would keep fault-around from mapping neighbours,
+    but rows would then be read from disk the first time (base int8 dense-1080p frame: decode
+    6.3 -> 7.5 s in a fresh process on this VM)."""
     path, libc = os.path.realpath(file), _libc()
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
@@ -50,10 +52,4 @@ def advise_random(file: Path, drop_cache: bool = False) -> int:
         if len(fields) == 6 and fields[5] == path:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             advised += libc.madvise(start, end - start, MADV_RANDOM) == 0
-    if drop_cache:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
     return advised

@@ -64,9 +64,14 @@ def variant_files(path: Path, variant: str) -> list[Path]:
     return [path / "onnx" / f"{part}{variant}.onnx" for part in PARTS]
 
 
+def external_data(file: Path) -> Path:
+    """Where edge-agent (and onnx-community) keep a graph's external data: `<name>_data` beside it."""
+    return file.with_name(file.name + "_data")
+
+
 def graph_bytes(file: Path) -> int:
-    """Size of an ONNX graph with its external-data file (`<name>_data`), if any."""
-    data = file.with_name(file.name + "_data")
+    """Size of an ONNX graph with its external-data file, if any."""
+    data = external_data(file)
     return file.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 

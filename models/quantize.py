@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import FAST_PARTS, PARTS, graph_bytes
+from models.modeldir import FAST_PARTS, PARTS, external_data, graph_bytes
 
 log = logging.getLogger(f"edge_agent.{__name__}")
 
@@ -73,7 +73,7 @@ def _convert_fp16(src: Path, dst: Path) -> None:
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     big = _big(src)
-    onnx.save(model, str(dst), save_as_external_data=big, location=dst.name + "_data" if big else None)
+    onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
 
 
 def _int8_kv(src: Path, dst: Path) -> Path:
