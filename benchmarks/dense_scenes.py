@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiling.merge import merge_boxes  # noqa: E402
-from tiling.plan import Tile  # noqa: E402
-from tiling.regions import Regions  # noqa: E402
-from tiling.runner import TilingOptions, detect_tiled  # noqa: E402
+from edge_agent.tiling.merge import merge_boxes  # noqa: E402
+from edge_agent.tiling.plan import Tile  # noqa: E402
+from edge_agent.tiling.regions import Regions  # noqa: E402
+from edge_agent.tiling.runner import TilingOptions, detect_tiled  # noqa: E402
 
 LABELS = ("bottle", "can", "box", "jar", "carton")
 MAX_NEW_TOKENS = 1024

@@ -76,24 +76,24 @@ def timed(fn, *a, **kw):
 def child_prepare(args) -> dict:
     out = model_dir(args)
     if not (out / "onnx" / "decoder_model_merged.onnx").is_file():
-        from models.export import export_random
+        from edge_agent.models.export import export_random
 
         export_random(args.arch, args.seed, out)
     if not (out / "tokenizer.json").is_file():  # a model prepared before the lean tokenizer
-        from models.modeldir import BUNDLED_TOKENIZER
+        from edge_agent.models.modeldir import BUNDLED_TOKENIZER
 
         shutil.copyfile(BUNDLED_TOKENIZER / "tokenizer.json", out / "tokenizer.json")
     if not (out / "onnx" / "decoder_step.onnx").is_file():  # a model prepared before the fast decoder
-        from models.export import export_fast_decoder, random_model
+        from edge_agent.models.export import export_fast_decoder, random_model
 
         export_fast_decoder(random_model(args.arch, args.seed), out / "onnx")
     if not (out / "onnx" / "decoder_model_merged_int8.onnx").is_file():
-        from models.quantize import quantize_dir
+        from edge_agent.models.quantize import quantize_dir
 
         quantize_dir(out, "int8")
     elif not (out / "onnx" / "decoder_step_int8.onnx").is_file():
-        from models.quantize import quantize_dir
-        from models.modeldir import FAST_PARTS
+        from edge_agent.models.quantize import quantize_dir
+        from edge_agent.models.modeldir import FAST_PARTS
 
         quantize_dir(out, "int8", parts=FAST_PARTS)
     return {"dir": str(out)}
@@ -117,9 +117,9 @@ def block_torch() -> None:
 
 def child_ort(args) -> dict:
     block_torch()
-    from models.engine import EngineOptions, Florence2Engine
-    from models.generate import generate
-    from models.preprocess import preprocess
+    from edge_agent.models.engine import EngineOptions, Florence2Engine
+    from edge_agent.models.generate import generate
+    from edge_agent.models.preprocess import preprocess
 
     n = args.new_tokens
     eng = Florence2Engine(EngineOptions(model_dir=model_dir(args), variant=args.variant, num_beams=1,
@@ -148,11 +148,11 @@ def child_hf(args) -> dict:
     import torch
     from transformers.modeling_outputs import BaseModelOutput
 
-    from models.export import random_model
-    from models.generation import GenerationSettings
-    from models.modeldir import open_model_dir
-    from models.preprocess import PreprocessConfig, preprocess
-    from models.prompts import prompt_for
+    from edge_agent.models.export import random_model
+    from edge_agent.models.generation import GenerationSettings
+    from edge_agent.models.modeldir import open_model_dir
+    from edge_agent.models.preprocess import PreprocessConfig, preprocess
+    from edge_agent.models.prompts import prompt_for
 
     if args.threads:
         torch.set_num_threads(args.threads)

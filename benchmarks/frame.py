@@ -3,6 +3,8 @@
     python benchmarks/frame.py                  # full: 6 tiles, <OD> 512 + <OCR_WITH_REGION> 256 forced
     python benchmarks/frame.py --quick          # 2 tiles, 32 + 16 tokens: checks the script runs
     python benchmarks/frame.py --ref-tiles 2    # reference measured on 2 tiles, scaled to 6 (labelled)
+    python benchmarks/frame.py --variants int8,int8-dynamic,q4,int8-optimized --skip-reference --quick
+                                                # issue 11: int8 contenders and the `models optimize` row
 
 Frame: tests/fixtures/sample/shelf.jpg scaled to 1920x1080 (edge_agent.bench.synthetic_shelf if
 OpenCV is missing), tiles from tiling.plan.plan_tiles at 768.  Model: Florence-2 base
@@ -47,7 +49,17 @@ VARIANTS = {
     "int8-merged": ("_int8", {"fast_decoder": False, "kv_cache_mb": 0}, 768),
     "int8-own-arenas": ("_int8", {"shared_arena": False}, 768),  # the engine's default before this issue
     "int8-384": ("_int8", {}, 384),  # tiles scaled to 384 for the model: 145 image tokens
+    # issue 11, batch-invariant quantization: the contenders (each built under --workdir by the
+    # prepare step, in a sibling folder sharing the fp32 graphs by hard links)
+    # onnxruntime quantize_dynamic on every graph (the int8 before issue 11; one activation scale
+    # over the batch, so not batch-invariant), with this code's per-row int8 cross keys/values
+    "int8-dynamic": ("_int8", {}, 768),
+    "q4": ("_q4", {}, 768),  # MatMulNBits 4-bit everywhere (weight-only, batch-invariant)
+    # an onnx-community-layout folder (the four parts only) after `models optimize`
+    "int8-optimized": ("_int8", {}, 768),
 }
+# contenders whose files live in a sibling folder of the exported model: name -> folder suffix
+FOLDERS = {"int8-dynamic": "-int8dyn", "int8-optimized": "-oc"}
 
 
 def parse_args(argv=None):
@@ -75,8 +87,42 @@ def workload(args) -> FrameWorkload:
     return QUICK if args.quick else DENSE_1080P
 
 
-def model_dir(args, side: int = 768) -> Path:
-    return Path(args.workdir) / (f"florence2-{args.arch}-seed{args.seed}" + ("" if side == 768 else f"-{side}"))
+def model_dir(args, side: int = 768, variant: str = "") -> Path:
+    return Path(args.workdir) / (f"florence2-{args.arch}-seed{args.seed}" + ("" if side == 768 else f"-{side}")
+                                 + FOLDERS.get(variant, ""))
+
+
+def _sibling(src: Path, dst: Path, skip) -> None:
+    """dst: a folder whose files are hard links to src's, except the names `skip` rejects; external
+    data files are copied (onnx refuses linked ones)."""
+    import os
+    import shutil
+
+    for sub in ("", "onnx"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for f in (src / sub).iterdir():
+            if f.is_file() and not skip(f.name) and not (dst / sub / f.name).exists():
+                (shutil.copyfile if "_data" in f.name else os.link)(f, dst / sub / f.name)
+
+
+def prepare_contenders(args) -> None:
+    """The issue-11 contenders' folders (see VARIANTS), built once under --workdir."""
+    from edge_agent.models import quantize
+    from edge_agent.models.optimize import optimize_dir
+
+    base, wanted = model_dir(args), set(args.variants.split(","))
+    if "q4" in wanted and not (base / "onnx" / "decoder_step_q4.onnx").is_file():
+        quantize.quantize_dir(base, "q4")
+    dyn = model_dir(args, variant="int8-dynamic")
+    if "int8-dynamic" in wanted and not (dyn / "onnx" / "decoder_step_int8.onnx").is_file():
+        _sibling(base, dyn, lambda n: "_int8" in n or "_q4" in n)
+        for part in quantize.PARTS + quantize.FAST_PARTS:
+            quantize._convert_one(quantize._quantize_dynamic, dyn / "onnx" / f"{part}.onnx",
+                                  dyn / "onnx" / f"{part}_int8.onnx")
+    oc = model_dir(args, variant="int8-optimized")
+    if "int8-optimized" in wanted and not (oc / "onnx" / "decoder_step_int8.onnx").is_file():
+        _sibling(base, oc, lambda n: n.startswith(("decoder_cross_kv", "decoder_step")) or "_q4" in n)
+        optimize_dir(oc)
 
 
 def load_frame(work: FrameWorkload) -> np.ndarray:
@@ -100,11 +146,12 @@ def child_prepare(args) -> dict:
     for side in sorted({VARIANTS[v][2] for v in args.variants.split(",")} - {768}):
         out = model_dir(args, side)
         if not (out / "onnx" / "vision_encoder_int8.onnx").is_file():
-            from models.export import random_model, with_vision_side
-            from models.quantize import quantize_dir
+            from edge_agent.models.export import random_model, with_vision_side
+            from edge_agent.models.quantize import quantize_dir
 
             with_vision_side(model_dir(args), out, random_model(args.arch, args.seed), side)
             quantize_dir(out, "int8", parts=("vision_encoder",))
+    prepare_contenders(args)
     return res
 
 
@@ -112,24 +159,24 @@ def child_edge(args) -> dict:
     import engine as engine_bench
 
     engine_bench.block_torch()
-    from edge_agent.bench import measure_decode, measure_engine, warm_up
-    from models.engine import EngineOptions, Florence2Engine
+    from edge_agent.bench import StageClock, measure_decode, measure_engine, warm_up
+    from edge_agent.models.engine import EngineOptions, Florence2Engine
 
     work = workload(args)
     suffix, extra, side = VARIANTS[args.variant]
+    clock = StageClock()
     t = time.perf_counter()
-    eng = Florence2Engine(EngineOptions(model_dir=model_dir(args, side), variant=suffix, num_beams=1,
+    eng = Florence2Engine(EngineOptions(model_dir=model_dir(args, side, args.variant), variant=suffix, num_beams=1,
                                         max_new_tokens=max(work.od_tokens, work.ocr_tokens),
-                                        intra_op_threads=args.threads, **extra))
+                                        intra_op_threads=args.threads, progress=clock, **extra))
     load_s = time.perf_counter() - t
     frame = load_frame(work)
     warm_up(eng, frame)
     quiet = lambda msg: None  # noqa: E731
-    res = measure_engine(eng, frame, work, progress=quiet, keep_od_rows=True)
+    res = measure_engine(eng, clock, frame, work, progress=quiet)
     res["load_s"] = load_s
-    od_rows = res.pop("od_rows")
     if not args.no_decode_probe:
-        res["decode_b6_ms_step"] = measure_decode(eng, od_rows, work, progress=quiet)
+        res["decode_b6_ms_step"] = measure_decode(eng, clock, frame, work, progress=quiet)
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
@@ -138,11 +185,11 @@ def child_hf(args) -> dict:
     import torch
 
     from edge_agent.bench import frame_tiles
-    from models.export import random_model
-    from models.generation import GenerationSettings
-    from models.modeldir import open_model_dir
-    from models.preprocess import PreprocessConfig, preprocess
-    from models.prompts import prompt_for
+    from edge_agent.models.export import random_model
+    from edge_agent.models.generation import GenerationSettings
+    from edge_agent.models.modeldir import open_model_dir
+    from edge_agent.models.preprocess import PreprocessConfig, preprocess
+    from edge_agent.models.prompts import prompt_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -283,6 +330,10 @@ def main(argv=None) -> None:
               + (f"; frame time EXTRAPOLATED: measured {n} of {work.tiles} tiles, scaled x{work.tiles / n:.1f}"
                  if ref["extrapolated"] else ""))
     report_agreement(rows, ref)
+    if "int8-optimized" in rows and "int8" in rows:  # issue 11: a download after `models optimize`
+        a, b = rows["int8-optimized"], rows["int8"]
+        print(f"int8-optimized vs int8 (our export): frame {a['frame_s'] / b['frame_s']:.2f}x, "
+              f"peak {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x (issue 11 asks for both within 10%)")
     print(f"load average at end {load_average()}")
     if ref is not None:
         for v, r in rows.items():

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 from broker import Broker, Subscriber, describe_broker  # noqa: E402
-from edge_agent.publish import MqttPublisher, MqttSettings, json_bytes  # noqa: E402
+from edge_agent.publish import MqttOptions, MqttPublisher, json_bytes  # noqa: E402
 from edge_agent.spool import Spool  # noqa: E402
 from pub_driver import make_result  # noqa: E402
 
@@ -31,7 +31,7 @@ def main() -> None:
     sub = Subscriber(broker, "edge-agent/dev1/#").start()
     broker.stop()
     spool = Spool.in_state_dir(tmp / "state")
-    pub = MqttPublisher(MqttSettings(url=broker.url, reconnect_min=0.1, reconnect_max=0.2, inflight=args.inflight),
+    pub = MqttPublisher(MqttOptions(broker=broker.url, reconnect_min=0.1, reconnect_max=0.2, inflight=args.inflight),
                         spool, "dev1")
     pub.start()
     t = time.perf_counter()

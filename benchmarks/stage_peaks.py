@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models.engine as engine  # noqa: E402
+import edge_agent.models.engine as engine  # noqa: E402
 
 LINES: list[str] = []
 

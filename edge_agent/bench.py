@@ -3,17 +3,17 @@ benchmarks/frame.py.
 
 One frame is cut into tiles (tiling.plan.plan_tiles); every tile runs `<OD>` and
 `<OCR_WITH_REGION>`, each with a forced number of new tokens (min_new_tokens =
-max_new_tokens, greedy), exactly as Florence2Engine.run does it: one vision call per tile,
-one text-encoder pass per (tile, task), then one batched KV-cached decode of all
-(tile, task) sequences (rows leave the batch when their budget is spent).  Each stage is
-timed; the process's peak RSS is reported.
+max_new_tokens, greedy), through `Florence2Engine.run`, the call the agent makes: nothing else
+of the engine is called.  The stages are timed by the engine's own progress hook
+(EngineOptions.progress, a StageClock here), which reports after each vision chunk, each
+text-encoder pass and each decode call; the process's peak RSS is reported.
 """
 from __future__ import annotations
 
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -39,15 +39,26 @@ DENSE_1080P = FrameWorkload()
 QUICK = FrameWorkload(tiles=2, od_tokens=32, ocr_tokens=16)
 
 
-@dataclass
-class StageTimes:
-    values: dict = field(default_factory=dict)
+class StageClock:
+    """The engine's progress hook (EngineOptions.progress) as a stopwatch: each report charges the
+    time since the previous one (or since start()) to the stage reported.  The engine reports
+    after each unit of work, so the stages' times add up to the run's.  report: gets one line per
+    report (bench's progress on stderr); clock: seconds, injectable."""
 
-    def timed(self, name: str, fn, *a, **kw):
-        t = time.perf_counter()
-        out = fn(*a, **kw)
-        self.values[name] = self.values.get(name, 0.0) + time.perf_counter() - t
-        return out
+    def __init__(self, report: Progress | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.report, self.clock = report, clock
+        self.start()
+
+    def start(self) -> None:
+        self.times: dict[str, float] = {}
+        self.started = self.last = self.clock()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = self.clock()
+        self.times[stage] = self.times.get(stage, 0.0) + now - self.last
+        self.last = now
+        if self.report:
+            self.report(f"{stage} {done}" + (f"/{total}" if total else ""))
 
 
 def synthetic_shelf(width: int = 1920, height: int = 1080, seed: int = 0) -> np.ndarray:
@@ -74,7 +85,7 @@ def synthetic_shelf(width: int = 1920, height: int = 1080, seed: int = 0) -> np.
 
 
 def frame_tiles(frame: np.ndarray, work: FrameWorkload) -> list[np.ndarray]:
-    from tiling.plan import plan_tiles
+    from edge_agent.tiling.plan import plan_tiles
 
     h, w = frame.shape[:2]
     plan = plan_tiles(w, h, work.tile_size)
@@ -103,49 +114,47 @@ def warm_up(engine, tile: np.ndarray) -> None:
     engine.run([tile[:64, :64]], ("od",), settings={"od": short})
 
 
-def measure_engine(engine, frame: np.ndarray, work: FrameWorkload, progress: Progress = _stderr,
-                   keep_od_rows: bool = False) -> dict:
-    """Stage timings of one frame through `engine` (a models.engine.Florence2Engine), plus outputs.
-    keep_od_rows: also return the <OD> rows' encoder states as res["od_rows"] (for measure_decode)."""
-    from models.preprocess import preprocess
+def measure_engine(engine, clock: StageClock, frame: np.ndarray, work: FrameWorkload,
+                   progress: Progress = _stderr) -> dict:
+    """Stage timings of one frame through `engine.run` (a models.engine.Florence2Engine built with
+    `clock` as its EngineOptions.progress), plus the outputs' token ids and <OD> boxes.
+    parse_s: what run does after its last decode call (a heap trim, then parsing every output)."""
+    from edge_agent.models.preprocess import preprocess
 
     tasks = ("od", "ocr")
     tiles = frame_tiles(frame, work)
     settings = task_settings(engine, work)
-    rows = engine.task_settings(settings, tasks) * len(tiles)
-    st = StageTimes()
-    # The engine preprocesses one vision chunk at a time (as Florence2Engine.run does), so the vision
-    # column includes preprocessing; the preproc column is that part, timed on its own beforehand.
-    st.timed("preprocess_s", preprocess, tiles, engine.pre_cfg)
-    t0 = time.perf_counter()
-    progress(f"vision: {len(tiles)} tiles ...")
-    feats = st.timed("vision_s", engine.image_features, list(tiles))
-    progress(f"text encoder: {len(tiles) * len(tasks)} sequences ...")
-    hidden, mask = st.timed("encoder_s", engine.encode, feats, tasks)
+    # The engine preprocesses one vision chunk at a time inside run, so the vision column includes
+    # preprocessing; the preproc column is that part, timed on its own beforehand.
+    t = time.perf_counter()
+    preprocess(tiles, engine.pre_cfg)
+    preprocess_s = time.perf_counter() - t
     steps = max(work.od_tokens, work.ocr_tokens)
-    progress(f"decode: {len(rows)} sequences, {steps} batched steps ...")
-    seqs = st.timed("decode_s", engine.generate_rows, hidden, mask, rows)
-    outs = st.timed("parse_s", lambda: [engine._output(tasks[i % 2], s, tiles[i // 2]) for i, s in enumerate(seqs)])
-    res = dict(st.values)
-    res["frame_s"] = time.perf_counter() - t0
+    progress(f"frame: {len(tiles)} tiles, {len(tiles) * len(tasks)} sequences, {steps} batched steps ...")
+    clock.start()
+    outs = engine.run(tiles, tasks, settings=settings)
+    end = clock.clock()
+    res = {"preprocess_s": preprocess_s, **{f"{stage}_s": clock.times.get(stage, 0.0)
+                                           for stage in ("vision", "encoder", "decode")}}
+    res["parse_s"] = end - clock.last
+    res["frame_s"] = end - clock.started
     res["decode_ms_step"] = 1000 * res["decode_s"] / steps
     res["peak_rss_mb"] = peak_rss_mb()
-    res["token_ids"] = [list(o.token_ids) for o in outs]
-    res["od_boxes"] = [np.asarray(o.regions.boxes, float).tolist() for o in outs[0::2]]
-    if keep_od_rows:
-        res["od_rows"] = (hidden[0::2], mask[0::2])
+    res["token_ids"] = [list(o[task].token_ids) for o in outs for task in tasks]
+    res["od_boxes"] = [np.asarray(o["od"].regions.boxes, float).tolist() for o in outs]
     return res
 
 
-def measure_decode(engine, od_rows: tuple, work: FrameWorkload, progress: Progress = _stderr) -> float:
-    """ms per decode step of the <OD> rows alone (encoder states from measure_engine), od_tokens forced:
-    the issue's decode goal (batch = tiles)."""
-    hidden, mask = od_rows
+def measure_decode(engine, clock: StageClock, frame: np.ndarray, work: FrameWorkload,
+                   progress: Progress = _stderr) -> float:
+    """ms per decode step of the <OD> rows alone, one per tile, od_tokens forced (the issue's
+    decode goal, batch = tiles): `engine.run` with the <OD> task only, its decode stage timed."""
+    tiles = frame_tiles(frame, work)
     od = task_settings(engine, work)["od"]
-    progress(f"decode only: batch {len(hidden)}, {work.od_tokens} steps ...")
-    t = time.perf_counter()
-    engine.generate_rows(hidden, mask, [od] * len(hidden))
-    return 1000 * (time.perf_counter() - t) / work.od_tokens
+    progress(f"decode only: <OD> of {len(tiles)} tiles, {work.od_tokens} steps ...")
+    clock.start()
+    engine.run(tiles, ("od",), settings={"od": od})
+    return 1000 * clock.times.get("decode", 0.0) / work.od_tokens
 
 
 COLUMNS = [("preprocess_s", "preproc s", "{:.2f}"), ("vision_s", "vision s", "{:.2f}"),

@@ -2,7 +2,9 @@
 
 Sources (`[camera] source` / `--camera N` / `--source PATH_OR_URL`):
 
-- a device index (`0`): OpenCV `VideoCapture` on V4L2;
+- a device index (`0`): OpenCV `VideoCapture` on V4L2 (USB UVC cameras);
+- `picamera2:N`: Raspberry Pi Camera Module N (CSI) through picamera2/libcamera, which
+  OpenCV's V4L2 path cannot open on a Pi 5 (edge_agent/picam.py);
 - an `rtsp://`, `http(s)://` ... URL: `VideoCapture` through FFmpeg;
 - a video file;
 - an image file, a directory of images, or a glob (`/data/shelf/*.jpg`), sorted by name.
@@ -15,7 +17,11 @@ one is decoded (`retrieve()`) by the thread and handed over, which spares a Pi d
 frames nobody uses.
 When the device or stream fails, the camera state goes to `camera_lost` (reported through
 the `on_state` callback), the thread retries with exponential backoff up to
-`retry_max` seconds, and reports `ok` again when frames flow.
+`retry_max` seconds (one log line per retry says when the next try is), and reports
+`ok` again when frames flow.  `opened` tells whether a frame was ever grabbed; the agent
+gives up on a live source that has none `open_timeout` seconds after `start()` in a
+bounded run (--once / --max-frames).  OpenCV's own log lines are silenced
+(`quiet_opencv`; kept at `--log-level debug`).
 
 **Files** (video files, image sets) are read frame by frame, one frame each time the
 agent asks, that is one frame per processing interval: no frame is skipped, so a
@@ -24,6 +30,7 @@ end a file source is exhausted (or starts again with `loop = true`).
 """
 from __future__ import annotations
 
+import logging
 import glob
 import os
 import threading
@@ -34,18 +41,63 @@ from typing import Callable
 
 import numpy as np
 
-from edge_agent import logs
-from edge_agent.errors import ConfigError
-from edge_agent.settings import CameraSettings
+from edge_agent.errors import ConfigError, RuntimeFailure
+from edge_agent.redact import redact
+from edge_agent.images import MAX_PIXELS, MAX_PIXELS_LIMIT, SUFFIXES, ImageRefused, read_image, to_rgb, too_large
+from edge_agent.topics import check_level
 
-log = logs.get("capture")
+log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 STATE_OK = "ok"
 STATE_LOST = "camera_lost"
 STATE_ENDED = "ended"
 
 StateCallback = Callable[[str, str], None]  # (camera_id, state)
+
+
+@dataclass(frozen=True)
+class CameraOptions:
+    """One camera: the `[camera]` section, or one `[[cameras]]` table."""
+
+    id: str = ""  # "" -> cam<N> for a device, picam<N> for picamera2:N, the file stem for a file (default_camera_id)
+    source: str | int = ""  # device index, video file, rtsp/http URL, image directory or glob; "" -> the demo video
+    loop: bool = False  # video file / image set: start again at the end instead of stopping
+    width: int = 0  # ask a device for this capture size (0: driver default)
+    height: int = 0
+    retry_max: float = 60.0  # cap of the reconnect backoff, seconds
+    open_timeout: float = 30.0  # --once/--max-frames: give up (exit 1) on a live camera with no frame by then; 0: never
+    max_pixels: int = MAX_PIXELS  # frames (and image files, checked before decoding) larger are skipped
+
+    def __post_init__(self):
+        if isinstance(self.source, int) and not isinstance(self.source, bool):
+            object.__setattr__(self, "source", str(self.source))  # source = 0 in TOML: device 0
+        if self.id:
+            try:
+                check_level(self.id, "camera id")
+            except ValueError as e:
+                raise ValueError(f"id: {e}") from None
+        for key in ("width", "height"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key}: must be >= 0")
+        if not self.retry_max > 0:
+            raise ValueError("retry_max: must be > 0")
+        if not self.open_timeout >= 0:
+            raise ValueError("open_timeout: must be >= 0")
+        if not 1 <= self.max_pixels <= MAX_PIXELS_LIMIT:
+            raise ValueError(f"max_pixels: must be 1..{MAX_PIXELS_LIMIT}")
+
+
+def default_camera_id(source: str, index: int) -> str:
+    """cam<N> for device N, cam<index> for a URL, else the file or folder stem."""
+    src = source.strip()
+    if src.isdigit():
+        return f"cam{int(src)}"
+    if src.startswith("picamera2:") and src[len("picamera2:"):].isdigit():
+        return f"picam{int(src[len('picamera2:'):])}"
+    if "://" in src:
+        return f"cam{index}"
+    stem = Path(source.rstrip("/")).stem.replace("*", "").strip("._-")
+    return stem or f"cam{index}"
 
 
 @dataclass
@@ -64,64 +116,88 @@ class Frame:
         return int(self.image.shape[0])
 
 
+_OPENCV_QUIET: list[bool] = []
+
+
+def quiet_opencv(keep: bool = False) -> None:
+    """Silence OpenCV's own log (its `[ WARN:0@...] cap_v4l.cpp` lines on stderr between our
+    retries), unless `keep` (debug logging).  Before the import through OPENCV_LOG_LEVEL, after
+    it through cv2.utils.logging."""
+    if _OPENCV_QUIET:
+        return
+    _OPENCV_QUIET.append(True)
+    level = "WARNING" if keep else "SILENT"
+    os.environ["OPENCV_LOG_LEVEL"] = level
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "16" if keep else "-8")  # AV_LOG_ERROR / AV_LOG_QUIET
+    import cv2
+
+    logging_ = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_ is not None:
+        logging_.setLogLevel(getattr(logging_, f"LOG_LEVEL_{level}"))
+
+
 def _cv2():
+    quiet_opencv(keep=log.isEnabledFor(10))  # logging.DEBUG
     import cv2
 
     return cv2
 
 
 def source_kind(source: str) -> str:
-    """'device', 'url', 'images' or 'video'."""
+    """'device', 'picamera2', 'url', 'images' or 'video'."""
     s = source.strip()
     if s.isdigit():
         return "device"
+    if s.startswith("picamera2:"):
+        return "picamera2"
     if "://" in s:
         return "url"
     p = Path(s).expanduser()
-    if p.is_dir() or any(ch in s for ch in "*?[") or p.suffix.lower() in IMAGE_SUFFIXES:
+    if p.is_dir() or any(ch in s for ch in "*?[") or p.suffix.lower() in SUFFIXES:
         return "images"
     return "video"
+
+
+def redact_url(url: str) -> str:
+    """rtsp://user:secret@host/... -> rtsp://user:****@host/... (for log lines and errors)."""
+    return redact(url)
 
 
 def list_images(source: str) -> list[Path]:
     p = Path(source).expanduser()
     if p.is_dir():
-        files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        files = [f for f in p.iterdir() if f.suffix.lower() in SUFFIXES and f.is_file()]
     elif any(ch in source for ch in "*?["):
-        files = [Path(f) for f in glob.glob(os.path.expanduser(source)) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        files = [Path(f) for f in glob.glob(os.path.expanduser(source)) if Path(f).suffix.lower() in SUFFIXES]
     else:
         files = [p] if p.is_file() else []
     return sorted(files)
-
-
-def _to_rgb(bgr: np.ndarray) -> np.ndarray:
-    cv2 = _cv2()
-    if bgr.ndim == 2:
-        return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
-    if bgr.shape[2] == 4:
-        return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class Camera:
     """One source.  `start()`, then `get(timeout)` for the next frame to process,
     `exhausted` once a file source has ended, `close()`."""
 
-    def __init__(self, settings: CameraSettings, on_state: StateCallback | None = None,
+    def __init__(self, settings: CameraOptions, on_state: StateCallback | None = None,
                  live: bool | None = None, backoff_min: float = 1.0):
         self.settings = settings
         self.id = settings.id
         self.kind = source_kind(settings.source)
-        self.live = self.kind in ("device", "url") if live is None else live
+        self.live = self.kind in ("device", "picamera2", "url") if live is None else live
         self.on_state = on_state
         self.backoff_min = backoff_min
         self.state = ""
         self.exhausted = False
         self.seq = 0
         self.reconnects = 0
+        self.opened = False  # a frame was grabbed at least once
+        self.started_at = 0.0  # time.monotonic() of start()
+        self.tries = 0  # failed attempts to open or read the live source
         self._cap = None
         self._images: list[Path] = []
         self._next_image = 0
+        self._read_any = False  # an image set gave at least one readable image
+        self._oversize_warned = False
         # live reader thread
         self._lock = threading.Condition()  # never held during a (blocking) grab()
         self._want = False  # the agent waits for a frame: decode the next one grabbed
@@ -142,6 +218,10 @@ class Camera:
             if self.settings.height:
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.settings.height)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        elif self.kind == "picamera2":
+            from edge_agent.picam import open_picamera2
+
+            return open_picamera2(src, self.settings.width, self.settings.height)
         elif self.kind == "url":
             cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG)
         else:
@@ -155,7 +235,8 @@ class Camera:
         if state == self.state:
             return
         self.state = state
-        (log.warning if state == STATE_LOST else log.info)("camera %s (%s): %s", self.id, self.settings.source, state)
+        if state != STATE_LOST:  # _lost() says it, with the next try's time
+            log.info("camera %s (%s): %s", self.id, self.describe(), state)
         if self.on_state:
             try:
                 self.on_state(self.id, state)
@@ -166,16 +247,21 @@ class Camera:
         """Open the source.  A missing file or an empty image set is a config error (exit
         2); a live source that cannot be opened yet is retried in the background."""
         src = self.settings.source
+        self.started_at = time.monotonic()
+        if self.kind == "picamera2":
+            from edge_agent.picam import check_picamera2
+
+            check_picamera2(self.id, src)  # exit 2 saying what to install
         if self.kind == "images":
             self._images = list_images(src)
             if not self._images:
-                raise ConfigError(f"camera {self.id}: source {src!r}: no images found (jpg, png, bmp, webp, tif)")
+                raise ConfigError(f"camera {self.id}: source {redact(src)!r}: no images found (jpg, png, bmp, webp, tif)")
         elif self.kind == "video" and not self.live:
             if not Path(src).expanduser().is_file():
-                raise ConfigError(f"camera {self.id}: source {src!r}: no such file")
+                raise ConfigError(f"camera {self.id}: source {redact(src)!r}: no such file")
             self._cap = self._open_capture()
             if self._cap is None:
-                raise ConfigError(f"camera {self.id}: source {src!r}: OpenCV cannot open this video")
+                raise ConfigError(f"camera {self.id}: source {redact(src)!r}: OpenCV cannot open this video")
         if self.live:
             self._thread = threading.Thread(target=self._reader, name=f"capture-{self.id}", daemon=True)
             self._thread.start()
@@ -199,6 +285,7 @@ class Camera:
                     self.reconnects += 1
             ok = self._cap.grab()  # blocks until the source sends a frame; no lock held
             if ok:
+                self.opened = True
                 self._hand_over(time.time())
                 if self.state != STATE_OK:
                     self._set_state(STATE_OK)
@@ -209,11 +296,31 @@ class Camera:
             self._lost(delay, "read failed")
             delay = min(delay * 2, self.settings.retry_max)
 
+    def describe(self) -> str:
+        """The source in words, for log lines: 'V4L2 device 0 (/dev/video0)'."""
+        src = self.settings.source.strip()
+        if self.kind == "device":
+            return f"V4L2 device {src} (/dev/video{src})"
+        if self.kind == "picamera2":
+            return f"Pi camera {src.partition(':')[2]} (picamera2)"
+        if self.kind == "url":
+            return redact_url(src)
+        return src
+
+    def what_to_check(self) -> str:
+        if self.kind == "device":
+            return (f"check that the camera is plugged in (ls /dev/video*; v4l2-ctl --list-devices), that this "
+                    f"user may open it (group video), and that no other program holds it; a Pi Camera Module "
+                    f"is --source picamera2:0")
+        if self.kind == "picamera2":
+            return "check the ribbon cable and `rpicam-hello --list-cameras`"
+        return "check the URL, that the camera is reachable from here, and its user name and password"
+
     def _lost(self, delay: float, why: str) -> None:
-        if self.state != STATE_LOST:
-            log.warning("camera %s: %s", self.id, why)
+        self.tries += 1
         self._set_state(STATE_LOST)
-        log.debug("camera %s: retrying in %.1f s", self.id, delay)
+        at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+        log.warning("camera %s: %s %s; next try in %.0f s (at %s)", self.id, why, self.describe(), delay, at)
         self._stop.wait(delay)
 
     def _hand_over(self, at: float) -> None:
@@ -240,7 +347,7 @@ class Camera:
                 self._lock.wait(left)
             bgr, at = self._latest
             self._latest = None
-        return self._frame(bgr, at)
+        return self._frame(to_rgb(bgr), at)
 
     # -------------------------------------------------------------- files
 
@@ -256,10 +363,9 @@ class Camera:
             ok, bgr = self._cap.read() if self._cap is not None else (False, None)
         if not ok:
             return self._end()
-        return self._frame(bgr, time.time())
+        return self._frame(to_rgb(bgr), time.time())  # None if over max_pixels: the next call reads on
 
     def _next_from_images(self) -> Frame | None:
-        cv2 = _cv2()
         tries = 0
         while tries < len(self._images):
             if self._next_image >= len(self._images):
@@ -269,10 +375,22 @@ class Camera:
             path = self._images[self._next_image]
             self._next_image += 1
             tries += 1
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is not None:
-                return self._frame(bgr, time.time())
-            log.warning("camera %s: cannot read image %s, skipped", self.id, path)
+            try:
+                rgb = read_image(path, self.settings.max_pixels)
+            except ImageRefused as e:
+                log.warning("camera %s: %s", self.id, e)
+                continue
+            except ConfigError:
+                log.warning("camera %s: cannot read image %s, skipped", self.id, path)
+                continue
+            frame = self._frame(rgb, time.time())
+            if frame is not None:
+                self._read_any = True
+                return frame
+        if not self._read_any:
+            n = len(self._images)
+            raise RuntimeFailure(f"camera {self.id}: source {redact(self.settings.source)!r}: "
+                                 f"{'the image' if n == 1 else f'none of the {n} images'} could be read")
         return self._end()
 
     def _end(self) -> None:
@@ -282,9 +400,16 @@ class Camera:
 
     # -------------------------------------------------------------- common
 
-    def _frame(self, bgr: np.ndarray, at: float) -> Frame:
+    def _frame(self, rgb: np.ndarray, at: float) -> Frame | None:
+        """A decoded RGB frame, checked against max_pixels before it reaches tiling (None: skipped)."""
+        if too_large(rgb, self.settings.max_pixels):
+            if not self._oversize_warned:
+                log.warning("camera %s: frame %dx%d is over %d pixels ([camera] max_pixels); skipped",
+                            self.id, rgb.shape[1], rgb.shape[0], self.settings.max_pixels)
+                self._oversize_warned = True
+            return None
         self.seq += 1  # frames handed out so far
-        return Frame(self.id, self.seq - 1, at, _to_rgb(bgr))
+        return Frame(self.id, self.seq - 1, at, rgb)
 
     def get(self, timeout: float = 1.0) -> Frame | None:
         """The next frame to process, or None (live: none newer within `timeout`;

@@ -1,5 +1,10 @@
 """edge-agent command line.  Each command lives in its own module and is imported only
-when used, so `edge-agent config show` does not pay for onnxruntime."""
+when used, so `edge-agent config show` does not pay for onnxruntime.
+
+This is the one place where exceptions become exit statuses and one-line messages
+(`exit_codes`, `exit_status`): 2 for usage, config and model errors, 1 for runtime
+failures.  Commands and the library packages raise their own exception types and never
+choose an exit status."""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +17,7 @@ COMMANDS = {
     "run": "edge_agent.cmd_run:run",
     "detect": "edge_agent.cmd_detect:detect",
     "tiles": "edge_agent.cmd_tiles:tiles",
+    "zones": "edge_agent.cmd_zones:zones",
     "models": "edge_agent.cmd_models:models",
     "config": "edge_agent.cmd_config:config",
     "service": "edge_agent.cmd_service:service",
@@ -19,9 +25,33 @@ COMMANDS = {
 }
 
 
+def exit_codes() -> list[tuple[type, int]]:
+    """Exception type -> exit status, the first match wins.  Extend here, nowhere else.
+    Anything not listed (tiling's ValueErrors included) is a bug once it reaches the CLI:
+    it keeps its traceback."""
+    from edge_agent.errors import ConfigError, ModelError, RuntimeFailure
+    from edge_agent.models import errors as library
+
+    return [(ConfigError, 2), (ModelError, 2), (RuntimeFailure, 1),
+            (library.InferenceError, 1), (library.DownloadError, 1), (library.ModelError, 2)]
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The exit status of an error the user sees as one line; None: not a user error."""
+    for cls, code in exit_codes():
+        if isinstance(error, cls):
+            return code
+    return None
+
+
 class UsageLine(click.ClickException):
-    """A click usage error as one line on stderr (exit 2), not click's four-line block."""
+    """An error as one line on stderr, "edge-agent: error: ...", with its exit status
+    (click's usage errors: 2, not click's four-line block)."""
     exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def show(self, file=None):
         click.echo(f"edge-agent: error: {self.format_message()}", err=True, file=file)
@@ -46,6 +76,13 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except click.UsageError as e:
             raise _one_line(e) from None
+        except click.ClickException:
+            raise
+        except Exception as e:  # our and the library packages' errors: one line and their exit status
+            code = exit_status(e)
+            if code is None:
+                raise
+            raise UsageLine(str(e), code) from None
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -65,6 +102,9 @@ def cli():
 
 
 def main(argv=None):
+    from edge_agent import telemetry
+
+    telemetry.off_by_default()  # before anything imports onnxruntime; [model] telemetry may allow it
     try:
         cli.main(args=argv, prog_name="edge-agent", standalone_mode=True)
     except KeyboardInterrupt:

@@ -10,39 +10,6 @@ import click
 
 from edge_agent.errors import ConfigError
 
-TASK_CHOICES = {"od": ("od",), "ocr": ("ocr",), "both": ("od", "ocr")}
-
-
-def read_image(path: str):
-    """-> RGB uint8 array; ConfigError naming the file when it cannot be read."""
-    import cv2
-
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: no such image file")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ConfigError(f"{path}: cannot read this image (not a JPEG/PNG/BMP/WebP/TIFF OpenCV can decode)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def detect_settings(model, variant, task, num_beams, max_new_tokens, no_tiling):
-    """Config file (if any) -> env -> these flags; the bundled demo model when none is set."""
-    import dataclasses
-
-    from edge_agent import embedded
-    from edge_agent.settings import config_path, load_settings
-
-    overrides = {"model": {"dir": model, "variant": variant, "tasks": TASK_CHOICES[task] if task else None,
-                           "num_beams": num_beams, "max_new_tokens": max_new_tokens},
-                 "tiling": {"enabled": False if no_tiling else None}}
-    settings = load_settings(config_path(None), overrides=overrides)
-    note = ""
-    if not settings.model.dir:
-        settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, dir=str(embedded.tiny_model_dir())))
-        note = embedded.NOTE
-        click.echo(embedded.WARNING, err=True)
-    return settings, note
-
 
 def as_json(image: str, payload: dict, tasks, raw: dict[str, list[str]] | None) -> dict:
     out = {"image": image, "width": payload["frame"]["width"], "height": payload["frame"]["height"],
@@ -77,28 +44,37 @@ def print_human(image: str, payload: dict, tasks, raw: dict[str, list[str]] | No
 
 @click.command()
 @click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (default: $EDGE_AGENT_CONFIG, or $CONFIGURATION_DIRECTORY/edge-agent.toml).")
 @click.option("--model", default=None, help="Florence-2 ONNX model directory (default: [model] dir, else the bundled demo model).")
-@click.option("--variant", default=None, help="Model variant suffix, e.g. _int8, '' for fp32.")
-@click.option("--task", type=click.Choice(sorted(TASK_CHOICES)), default=None, help="What to run (default: [model] tasks, od and ocr).")
+@click.option("--variant", default=None, help="Model variant: a suffix (int8 or _int8, fp32, q4, ...), one per graph "
+                   "(vision_encoder=fp32,int8) or auto.")
+@click.option("--task", type=click.Choice(["both", "ocr", "od"]), default=None, help="What to run (default: [model] tasks, od and ocr).")
 @click.option("--num-beams", type=click.IntRange(min=0), default=None, help="Beam width; 0: as generation_config.json says.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Token budget per tile and task.")
 @click.option("--no-tiling", is_flag=True, help="One pass over the whole image.")
 @click.option("--json", "as_json_flag", is_flag=True, help="Print one JSON object.")
 @click.option("--raw", is_flag=True, help="Also give each task's generated text of every model pass, in pass order.")
 @click.option("--draw", type=click.Path(dir_okay=False), default=None, help="Write the image with boxes and text to this JPEG.")
-def detect(image, model, variant, task, num_beams, max_new_tokens, no_tiling, as_json_flag, raw, draw):
+@click.pass_context
+def detect(ctx, image, config, as_json_flag, raw, draw, **_):
     """Detect objects and read text in IMAGE (tiled like the agent does)."""
-    from edge_agent.agent import build_engine
+    from edge_agent import embedded
     from edge_agent.capture import Frame
-    from edge_agent.pipeline import PipelineOptions, model_info, process_frame, tiling_options
+    from edge_agent.images import read_image
+    from edge_agent.model import build_engine
+    from edge_agent.pipeline import PipelineOptions, model_info, process_frame
+    from edge_agent.settings import resolve
 
     rgb = read_image(image)
     if draw and not Path(draw).resolve().parent.is_dir():  # fail before the (slow) model run, not after
         raise ConfigError(f"--draw {draw}: cannot write the image there (directory missing)")
-    settings, note = detect_settings(model, variant, task, num_beams, max_new_tokens, no_tiling)
-    engine = build_engine(settings)
-    tasks = tuple(settings.model.tasks)
-    opts = PipelineOptions(tiling=tiling_options(settings), tasks=tasks, model=model_info(engine, note))
+    settings = resolve(config, ctx.params)
+    if settings.model_note:
+        click.echo(embedded.WARNING, err=True)
+    engine = build_engine(settings.model)
+    tasks = settings.model.tasks
+    opts = PipelineOptions(tiling=settings.tiling, tasks=tasks, model=model_info(engine, settings.model_note))
     passes: dict[str, list[str]] = {t: [] for t in tasks}
 
     def observe(tiles, outputs):
@@ -111,22 +87,22 @@ def detect(image, model, variant, task, num_beams, max_new_tokens, no_tiling, as
     result, _ = process_frame(frame, engine, opts, observe=observe)
     payload = result.to_payload("local")
     if draw:
-        write_drawing(draw, rgb, result)
+        write_drawing(draw, rgb, result, drawn_zones(settings, result.width, result.height), settings.model_note)
+        click.echo(f"wrote {draw}", err=as_json_flag)  # stdout stays one JSON object with --json
     if as_json_flag:
         click.echo(json.dumps(as_json(image, payload, tasks, passes if raw else None), ensure_ascii=False))
     else:
         print_human(image, payload, tasks, passes if raw else None)
 
 
-def write_drawing(path: str, rgb, result) -> None:
-    import cv2
+def drawn_zones(settings, width: int, height: int) -> list:
+    """The first camera's [[zones]] of the config, for --draw (a zone that does not fit: exit 2)."""
+    from edge_agent.cmd_zones import camera_zones
 
-    from edge_agent.draw import draw_regions
+    return camera_zones(settings, None, width, height)[1] if settings.zones else []
 
-    img = draw_regions(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), result.detections, result.text)
-    try:
-        ok = cv2.imwrite(path, img)
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise ConfigError(f"--draw {path}: cannot write the image there (directory missing, or not .jpg/.png)")
+
+def write_drawing(path: str, rgb, result, zones=(), note: str = "") -> None:
+    from edge_agent.draw import picture, save
+
+    save(path, lambda suffix: picture(rgb, result, suffix, zones=zones, note=note))  # an empty one says so

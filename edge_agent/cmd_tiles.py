@@ -6,20 +6,10 @@ enough in each tile, do the overlaps hold a whole product?
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
 from edge_agent.errors import ConfigError
-
-
-def _read_image(path: str):
-    import cv2
-
-    image = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
-    if image is None:
-        raise ConfigError(f"cannot read image {path!r} (missing, unreadable or not an image)")
-    return image
 
 
 @click.command("tiles")
@@ -31,11 +21,14 @@ def _read_image(path: str):
 @click.option("--full-frame", is_flag=True, help="Also plan the down-scaled whole-frame pass.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"width", "height", "tiles": [[x0,y0,x1,y1], ...]}.')
 @click.option("--draw", "draw_to", type=click.Path(dir_okay=False), help="Write the image with the plan drawn on it.")
-def tiles(image, tile_size, overlap, full_frame, as_json, draw_to):
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Also draw this config's [[zones]] (first camera; default: $EDGE_AGENT_CONFIG).")
+def tiles(image, tile_size, overlap, full_frame, as_json, draw_to, config_file):
     """Print the tile plan for IMAGE (frame pixels) and optionally draw it."""
-    from tiling.plan import overlap_pixels, plan_tiles
+    from edge_agent.images import read_image
+    from edge_agent.tiling.plan import overlap_pixels, plan_tiles
 
-    frame = _read_image(image)
+    frame = read_image(image)
     height, width = frame.shape[:2]
     try:
         plan = plan_tiles(width, height, tile_size, overlap, full_frame)
@@ -43,7 +36,8 @@ def tiles(image, tile_size, overlap, full_frame, as_json, draw_to):
     except ValueError as e:
         raise ConfigError(f"--overlap {overlap}: {e}") from None
     if draw_to:
-        _write(draw_to, frame, plan)
+        _write(draw_to, frame, plan, _zones(config_file, width, height))
+        click.echo(f"wrote {draw_to}", err=as_json)  # stdout stays one JSON object with --json
     if as_json:
         click.echo(json.dumps({"width": width, "height": height, "tiles": [list(t.box) for t in plan]}))
     else:
@@ -53,14 +47,14 @@ def tiles(image, tile_size, overlap, full_frame, as_json, draw_to):
             click.echo(f"{k:3d}  {t.x0},{t.y0} - {t.x1},{t.y1}  ({t.width}x{t.height})")
 
 
-def _write(path: str, frame, plan) -> None:
-    import cv2
+def _zones(config_file, width: int, height: int) -> list:
+    from edge_agent.cmd_detect import drawn_zones
+    from edge_agent.settings import config_path, resolve
 
-    from edge_agent.draw import draw_tiles
+    return drawn_zones(resolve(config_file), width, height) if config_path(config_file) else []
 
-    try:
-        ok = cv2.imwrite(path, draw_tiles(frame, plan))
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise ConfigError(f"cannot write image {path!r} (check the directory and the extension, e.g. .jpg or .png)")
+
+def _write(path: str, frame, plan, zones=()) -> None:
+    from edge_agent.draw import draw_tiles, draw_zones, encode, save
+
+    save(path, lambda suffix: encode(draw_tiles(draw_zones(frame, zones) if zones else frame, plan), suffix))

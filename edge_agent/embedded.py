@@ -1,14 +1,15 @@
 """The embedded default: run with nothing configured.
 
-`edge-agent run` with no config file, no `--model` (and no `[model] dir`) and no source
-uses the tiny random-weight Florence-2 that ships with the repository's tests
-(`tests/fixtures/tiny-florence2`) and the bundled sample shelf video
-(`tests/fixtures/sample/shelf.mp4`), and prints JSON lines on stdout when no broker is
+With no model dir set (`--model`, `[model] dir`) and no camera source set (`--camera`,
+`--source`, `[camera] source`), with or without a config file, `run`, `detect` and `bench`
+use the tiny random-weight Florence-2 (`edge_agent/demo/tiny-florence2`, which the tests
+use as `tests/fixtures/tiny-florence2`) and the sample shelf video
+(`edge_agent/demo/sample/shelf.mp4`), and print JSON lines on stdout when no broker is
 configured.  It shows the whole pipeline working; the tiny model's detections are noise,
 which a warning on stderr and a `note` in the result's model info both say.
 
-Both files are found relative to this source file, so they exist in a git checkout or an
-editable install only; elsewhere the error says to pass --model and --source.
+Both ship as package data (pyproject.toml), so a checkout, an editable install and an
+installed wheel all have them.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from pathlib import Path
 
 from edge_agent.errors import ConfigError, ModelError
 
-REPO = Path(__file__).resolve().parent.parent
-TINY_MODEL = REPO / "tests" / "fixtures" / "tiny-florence2"
-SAMPLE_VIDEO = REPO / "tests" / "fixtures" / "sample" / "shelf.mp4"
-SAMPLE_IMAGE = REPO / "tests" / "fixtures" / "sample" / "shelf.jpg"
+DEMO = Path(__file__).resolve().parent / "demo"
+TINY_MODEL = DEMO / "tiny-florence2"
+SAMPLE_VIDEO = DEMO / "sample" / "shelf.mp4"
 
 NOTE = "bundled tiny random-weight demo model: detections are noise"
 WARNING = ("edge-agent: warning: no model configured: using the bundled tiny random-weight demo model "
@@ -28,13 +28,14 @@ WARNING = ("edge-agent: warning: no model configured: using the bundled tiny ran
 
 def tiny_model_dir() -> Path:
     if not (TINY_MODEL / "config.json").is_file():
-        raise ModelError(f"no model configured and the bundled demo model {TINY_MODEL} is absent "
-                         "(not a source checkout?); pass --model DIR or set [model] dir")
+        raise ModelError(f"no model configured and the bundled demo model {TINY_MODEL} is absent (a broken install?); "
+                         "pass --model DIR or set [model] dir")
     return TINY_MODEL
 
 
 def sample_video() -> Path:
     if not SAMPLE_VIDEO.is_file():
-        raise ConfigError(f"no camera configured and the bundled sample video {SAMPLE_VIDEO} is absent "
-                          "(not a source checkout?); pass --camera N or --source PATH_OR_URL")
+        raise ConfigError(f"no camera configured and the bundled sample video {SAMPLE_VIDEO} is absent (a broken install?); "
+                          "pass --camera N or --source PATH_OR_URL")
     return SAMPLE_VIDEO
+

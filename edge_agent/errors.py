@@ -1,27 +1,23 @@
-"""Errors that carry an exit status.  2: usage, config or model error; 1: runtime failure.
+"""edge_agent's own error types: plain exceptions that depend on nothing.
 
-Raise these anywhere; the CLI turns them into one line on stderr and the exit status."""
+`edge_agent.cli.exit_status` is the one place that turns these (and the library packages'
+errors) into an exit status and a one-line message: 2 for usage, config or model errors,
+1 for runtime failures.
+"""
 from __future__ import annotations
 
-import click
 
-
-class EdgeAgentError(click.ClickException):
-    exit_code = 1
-
-    def show(self, file=None):
-        click.echo(f"edge-agent: error: {self.format_message()}", err=True, file=file)
+class EdgeAgentError(Exception):
+    """Base of edge_agent's errors; the message is the one line the user sees."""
 
 
 class ConfigError(EdgeAgentError):
-    """Bad config file, key or value.  The message names the file/key and the value."""
-    exit_code = 2
+    """Bad config file, key, value or input file.  The message names the file/key and the value."""
 
 
 class ModelError(EdgeAgentError):
     """Missing or mismatched model file.  The message names the file."""
-    exit_code = 2
 
 
 class RuntimeFailure(EdgeAgentError):
-    exit_code = 1
+    """The agent could not go on (exit 1)."""

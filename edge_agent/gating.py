@@ -9,7 +9,7 @@ mean over the tile, so one product taken from a shelf (a few blocks) is not dilu
 rest of the tile.  Signatures are compared with the pixels of the last *processed* frame,
 so slow drift adds up and eventually triggers a re-run.
 
-    gate = TileGate(threshold=6.0, downscale=32, max_age_s=600)
+    gate = TileGate(GatingOptions(threshold=6.0, downscale=32, max_age_s=600))
     cached = gate.check(camera_id, tile, crop)       # outputs or None
     if cached is None:
         outputs = engine.run([crop], tasks)[0]
@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-
-from edge_agent.errors import ConfigError
 
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)  # channel order barely matters for a difference
 
@@ -56,6 +54,23 @@ def signature(crop: np.ndarray, downscale: int = 32) -> np.ndarray:
     return sums / (np.diff(ys)[:, None] * np.diff(xs)[None, :])
 
 
+@dataclass(frozen=True)
+class GatingOptions:
+    """The `[gating]` section."""
+
+    threshold: float = 6.0  # grey levels (0-255) a tile's block mean must move to be run again; 0: off
+    downscale: int = 32  # signature grid: at most downscale x downscale blocks per tile
+    max_age_s: float = 600.0  # re-run an unchanged tile after this many seconds; 0: never
+
+    def __post_init__(self):
+        if not self.threshold >= 0:
+            raise ValueError("threshold: must be >= 0 grey levels")
+        if not self.downscale >= 1:
+            raise ValueError("downscale: must be >= 1")
+        if not self.max_age_s >= 0:
+            raise ValueError("max_age_s: must be >= 0 seconds (0: never)")
+
+
 @dataclass
 class _Entry:
     sig: np.ndarray
@@ -66,15 +81,9 @@ class _Entry:
 class TileGate:
     """Per (camera_id, tile box): the signature and outputs of the last processed crop; hit/miss counts."""
 
-    def __init__(self, threshold: float = 6.0, downscale: int = 32, max_age_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        if not threshold >= 0:
-            raise ConfigError(f"gating threshold must be >= 0 grey levels, got {threshold!r}")
-        if not isinstance(downscale, int) or downscale < 1:
-            raise ConfigError(f"gating downscale must be an integer >= 1, got {downscale!r}")
-        if max_age_s is not None and not max_age_s > 0:
-            raise ConfigError(f"gating max_age_s must be > 0 seconds (or unset), got {max_age_s!r}")
-        self.threshold, self.downscale, self.max_age_s = float(threshold), downscale, max_age_s
+    def __init__(self, options: GatingOptions = GatingOptions(), clock: Callable[[], float] = time.monotonic):
+        self.threshold, self.downscale = float(options.threshold), options.downscale
+        self.max_age_s = options.max_age_s or None
         self._clock = clock
         self._entries: dict[tuple, _Entry] = {}
         self._pending: dict[tuple, np.ndarray] = {}
@@ -126,13 +135,6 @@ class TileGate:
             if sig is None:
                 raise ValueError(f"store({camera_id!r}, {key[1]}): no crop given and no check() before it")
             self._entries[key] = _Entry(sig, outputs, self._clock())
-
-    def forget(self, camera_id: str | None = None) -> None:
-        """Drop what is stored for one camera (e.g. it moved or reconnected), or for all."""
-        with self._lock:
-            for d in (self._entries, self._pending):
-                for key in [k for k in d if camera_id is None or k[0] == camera_id]:
-                    del d[key]
 
     def stats(self) -> dict:
         with self._lock:

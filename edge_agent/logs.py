@@ -9,10 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 
-LOGGER = "edge_agent"
+from edge_agent import models
+from edge_agent import tiling
+
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def package_loggers(names=None) -> tuple[str, ...]:
+    """The loggers the handler goes on: edge_agent's and the library packages' (their modules log
+    under `logging.getLogger(__name__)`).  Named after the packages as imported, so that
+    installed as `edge_agent.models`/`edge_agent.tiling` they fall under `edge_agent`'s logger
+    and get no second handler."""
+    names = names or ("edge_agent", models.__name__, tiling.__name__)
+    return tuple(n for n in names if not any(n.startswith(other + ".") for other in names))
 
 
 class _JournalFormatter(logging.Formatter):
@@ -26,47 +36,24 @@ def under_journal(env=None) -> bool:
     return bool(env.get("JOURNAL_STREAM"))
 
 
-def setup_logging(level: str = "info", stream=None) -> logging.Logger:
-    """Configure the `edge_agent` logger (idempotent: replaces its handler)."""
-    logger = logging.getLogger(LOGGER)
-    logger.setLevel(getattr(logging, level.upper(), logging.INFO))
-    for h in list(logger.handlers):
-        if getattr(h, "_edge_agent", False):
-            logger.removeHandler(h)
+def setup_logging(level: str = "info", stream=None) -> logging.Handler:
+    """Configure the loggers of package_loggers() with one handler (idempotent: replaces it)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._edge_agent = True
     if under_journal():
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name in package_loggers():
+        logger = logging.getLogger(name)
+        logger.setLevel(getattr(logging, level.upper(), logging.INFO))
+        for h in list(logger.handlers):
+            if getattr(h, "_edge_agent", False):
+                logger.removeHandler(h)
+        logger.addHandler(handler)
+        logger.propagate = False
     # Libraries we use log under their own names; keep them quiet unless debugging.
     if level.lower() != "debug":
         for name in ("paho", "urllib3", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    return logger
-
-
-def get(name: str) -> logging.Logger:
-    """A child of the edge_agent logger: get("capture") -> edge_agent.capture."""
-    return logging.getLogger(f"{LOGGER}.{name}" if not name.startswith(LOGGER) else name)
-
-
-class Progress:
-    """Log "what: i/n" lines at most every `every` seconds, for long work."""
-
-    def __init__(self, what: str, total: int | None, logger: logging.Logger | None = None, every: float = 5.0):
-        self.what, self.total, self.every = what, total, every
-        self.log = logger or get("progress")
-        self.done = 0
-        self.t0 = self._last = time.monotonic()
-
-    def step(self, n: int = 1, detail: str = "") -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last >= self.every or (self.total and self.done >= self.total):
-            self._last = now
-            of = f"/{self.total}" if self.total else ""
-            rate = self.done / max(now - self.t0, 1e-9)
-            self.log.info("%s: %d%s (%.2f/s)%s", self.what, self.done, of, rate, f" {detail}" if detail else "")
+    return handler

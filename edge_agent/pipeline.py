@@ -16,7 +16,6 @@ merge (mapping, re-split bookkeeping and merging), total.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,23 +24,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_agent.result import FrameResult
+from edge_agent.tiling.runner import TilingOptions, detect_tiled
 
 Observer = Callable[[Sequence[Any], Sequence[dict]], None]  # (tiles run by the engine, their outputs)
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    tiling: Any = None  # tiling.runner.TilingOptions (None: its defaults)
+    tiling: TilingOptions = TilingOptions()
     tasks: tuple[str, ...] = ("od", "ocr")
     model: dict = field(default_factory=dict)  # payload "model" object; model_info(engine) if empty
-
-
-def tiling_options(settings) -> Any:
-    """TilingOptions from settings.tiling, with `enabled` (--no-tiling) carried into them."""
-    from tiling.runner import TilingOptions
-
-    opts = settings.tiling.options or TilingOptions()
-    return dataclasses.replace(opts, enabled=settings.tiling.enabled)
 
 
 def model_info(engine, note: str = "") -> dict:
@@ -105,12 +97,10 @@ def process_frame(frame, engine, opts: PipelineOptions, gate=None, capture_s: fl
     """-> (FrameResult, TiledResult).  `frame` is a capture.Frame (RGB image).  `observe` sees
     every engine call's tiles and outputs (e.g. to collect TaskOutput.raw).  `run(crops,
     tasks)` replaces engine.run (process_frames passes its cross-frame batcher)."""
-    from tiling.runner import TilingOptions, detect_tiled
-
     t0 = time.perf_counter()
     run = run or (lambda crops, tasks: engine.run(crops, tasks=tasks))
     infer = _Infer(frame.image, frame.camera_id, run, tuple(opts.tasks), gate, observe)
-    tiled = detect_tiled(frame.width, frame.height, infer, opts.tiling or TilingOptions(), density=density)
+    tiled = detect_tiled(frame.width, frame.height, infer, opts.tiling, density=density)
     end = time.perf_counter()
     plan_s = (infer.first_call or end) - t0
     merge_s = max(0.0, (end - t0) - plan_s - infer.engine_s - infer.gate_s)

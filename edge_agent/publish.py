@@ -3,7 +3,9 @@
 Both publishers share one small interface (`Publisher`):
 
     start()                                   connect / get ready; never blocks on the network
-    publish_result(result, snapshot=None)     one FrameResult (+ optional JPEG bytes)
+    publish_result(result, snapshot=None, events=())
+                                              one FrameResult (+ optional JPEG bytes, + its shelf events)
+    publish_events(events)                    shelf events alone (re-sent from the journal at start)
     camera_state(camera_id, state)            "ok", "camera_lost", ...: goes out on the status topic
     publish_stats(stats)                      periodic counters (spool depth and drops are added)
     drain(timeout) -> remaining               wait until the spool is empty
@@ -13,6 +15,8 @@ Topics, under `prefix` (default `edge-agent/<device_id>`):
 
     <prefix>/<camera>/detections   QoS 1 (mqtt.qos), the full result; through the spool
     <prefix>/<camera>/counts       retained per-label counts
+    <prefix>/<camera>/events       QoS 1, shelf events (edge_agent/shelf.py); spooled right after their result
+    <prefix>/<camera>/<zone>/counts  retained smoothed counts of one zone
     <prefix>/<camera>/snapshot     retained JPEG, optional
     <prefix>/status                retained {"status": "online"|"offline", "cameras": {...}}; the
                                    Last Will publishes "offline" when the agent dies
@@ -36,65 +40,37 @@ import functools
 import json
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
+from edge_agent import topics
 from edge_agent.errors import ConfigError
 from edge_agent.result import FrameResult
-from edge_agent.spool import Spool
+from edge_agent.secret import Secret
+from edge_agent.spool import Spool, SpoolOptions
 
-log = logging.getLogger("edge_agent.publish")
+log = logging.getLogger(__name__)
 
 MQTT_MAX_PAYLOAD = 268_435_455
 PROTOCOLS = ("3.1.1", "5")
-SCHEME_ALIASES = {"tcp": "mqtt", "ssl": "mqtts"}
 PAHO_INFLIGHT_SLACK = 10  # room above the spool window for retained status/counts/snapshots
+MQTT_MAX_KEEPALIVE = 65535  # a two-byte field in CONNECT
+MQTT_MAX_STRING_BYTES = 65535  # client id, user name, password: two-byte length prefixes
+CONNACK_TIMEOUT_MAX = 10.0  # seconds a broker that accepted TCP has to answer CONNECT
+WARN_EVERY_S = 300.0  # the same connection problem is logged as a warning at most this often
+HEALTH_EVERY_S = 30.0  # how often the sender looks at the spool's health (disk space, writability)
 
 
-@dataclass(frozen=True)
-class MqttSettings:
-    """Everything the MQTT publisher needs.  The password arrives resolved (config, env or
-    file: settings.py's job) and is never shown: repr=False keeps it out of logs."""
-
-    url: str = "mqtt://127.0.0.1:1883"  # mqtt://host[:1883] or mqtts://host[:8883]
-    prefix: str | None = None  # None/"" -> "edge-agent/<device_id>"
-    protocol: str = "3.1.1"  # "3.1.1" or "5"
-    client_id: str | None = None  # None/"" -> "edge-agent-<device_id>"
-    keepalive: int = 30
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_ca: str | None = None  # CA bundle; mqtts:// without it uses the system CAs
-    tls_cert: str | None = None  # client certificate (optional)
-    tls_key: str | None = None  # its key
-    tls_insecure: bool = False  # skip the host name check (testing only)
-    qos: int = 1
-    reconnect_min: float = 1.0  # seconds; doubles up to reconnect_max
-    reconnect_max: float = 60.0
-    inflight: int = 10  # spooled messages handed to paho before their PUBACK
-
-    @classmethod
-    def from_config(cls, cfg, **overrides) -> "MqttSettings":
-        """From settings.py's `[mqtt]` section (broker, prefix, protocol, client_id, keepalive,
-        ca_file, cert_file, key_file, tls_insecure, username, password (a Secret or str),
-        reconnect_min, reconnect_max).  Missing attributes keep the defaults."""
-        names = {"url": "broker", "tls_ca": "ca_file", "tls_cert": "cert_file", "tls_key": "key_file"}
-        kw = {}
-        for f in fields(cls):
-            src = names.get(f.name, f.name)
-            if hasattr(cfg, src):
-                kw[f.name] = getattr(cfg, src)
-        pw = kw.get("password")
-        if pw is not None and not isinstance(pw, str):
-            kw["password"] = pw.reveal()  # settings.Secret
-        kw.update(overrides)
-        return cls(**kw)
+# scheme -> (canonical scheme, default port); tcp:// and ssl:// are paho-style aliases
+BROKER_SCHEMES = {"mqtt": ("mqtt", 1883), "tcp": ("mqtt", 1883), "mqtts": ("mqtts", 8883), "ssl": ("mqtts", 8883)}
 
 
 @dataclass(frozen=True)
@@ -112,22 +88,93 @@ class BrokerAddress:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def parse_broker_url(url: str, key: str = "mqtt.url") -> BrokerAddress:
-    """`mqtt://host[:port]` or `mqtts://host[:port]`.  ConfigError naming `key` otherwise."""
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://host[:port]` or `mqtts://host[:port]` (also tcp://, ssl://).  ValueError otherwise."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as e:
-        raise ConfigError(f"{key}: {url!r} is not a broker URL ({e})") from None
-    scheme = SCHEME_ALIASES.get(parts.scheme, parts.scheme)
-    if scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"{key}: {url!r} is not a broker URL; use mqtt://host:port or mqtts://host:port")
+        raise ValueError(f"not a broker URL ({e})") from None
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+        raise ValueError("not a broker URL: must look like mqtt://host[:port] or mqtts://host[:port]")
     if parts.username or parts.password:
-        raise ConfigError(f"{key}: put credentials in mqtt.username and the password setting, not in the URL")
+        raise ValueError("put credentials in [mqtt] username and the password settings, not in the URL")
     if parts.path not in ("", "/") or parts.query:
-        raise ConfigError(f"{key}: {url!r}: a broker URL has no path or query")
-    default = 8883 if scheme == "mqtts" else 1883
+        raise ValueError("a broker URL has no path or query")
+    scheme, default = BROKER_SCHEMES[parts.scheme]
     return BrokerAddress(scheme, parts.hostname, port or default)
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    """The `[mqtt]` section: everything the MQTT publisher needs.  The password arrives
+    resolved (config, file, systemd credential or environment: settings.py's job) as a
+    `Secret`, so it never shows in a repr or a log line."""
+
+    broker: str = ""  # mqtt://host[:1883] or mqtts://host[:8883]; "" -> JSON lines on stdout
+    prefix: str = ""  # "" -> edge-agent/<device_id>
+    protocol: str = "3.1.1"  # "3.1.1" or "5"
+    client_id: str = ""  # "" -> edge-agent-<device_id>
+    keepalive: int = 60  # seconds
+    qos: int = 1  # of the results (detections topic); 0 or 1
+    inflight: int = 10  # spooled messages handed to paho before their PUBACK
+    ca_file: str = ""  # TLS: CA bundle (mqtts:// without it uses the system CAs)
+    cert_file: str = ""  # TLS client certificate (optional)
+    key_file: str = ""  # its key
+    tls_insecure: bool = False  # skip the host name check (testing only)
+    username: str = ""
+    password: Secret = Secret()
+    password_file: str = ""  # read by settings.py into `password`
+    reconnect_min: float = 1.0  # seconds; doubles up to reconnect_max
+    reconnect_max: float = 60.0
+
+    def __post_init__(self):
+        if isinstance(self.password, str):
+            object.__setattr__(self, "password", Secret(self.password))
+        if self.broker:
+            try:
+                address = parse_broker_url(self.broker)
+            except ValueError as e:
+                raise ValueError(f"broker: {e}") from None
+            if (self.ca_file or self.cert_file or self.key_file) and not address.tls:
+                raise ValueError("ca_file: TLS files are set but the broker is not mqtts://")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol: must be one of {', '.join(map(repr, PROTOCOLS))}")
+        if self.qos not in (0, 1):
+            raise ValueError("qos: must be 0 or 1")
+        if not self.inflight >= 1:
+            raise ValueError("inflight: must be >= 1")
+        if not self.reconnect_min > 0:
+            raise ValueError("reconnect_min: must be > 0")
+        if not self.reconnect_max >= self.reconnect_min:
+            raise ValueError(f"reconnect_max: must be >= reconnect_min ({self.reconnect_min:g})")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file: a client certificate needs both cert_file and key_file")
+        if not 5 <= self.keepalive <= MQTT_MAX_KEEPALIVE:
+            raise ValueError(f"keepalive: must be 5..{MQTT_MAX_KEEPALIVE} seconds (an MQTT limit)")
+        if self.inflight > MQTT_MAX_KEEPALIVE:
+            raise ValueError(f"inflight: at most {MQTT_MAX_KEEPALIVE} (MQTT packet ids)")
+        for key, value in (("client_id", self.client_id), ("username", self.username),
+                           ("password", self.password.reveal())):
+            if value and len(value.encode("utf-8", "surrogatepass")) > MQTT_MAX_STRING_BYTES:
+                raise ValueError(f"{key}: longer than {MQTT_MAX_STRING_BYTES} bytes in UTF-8 (an MQTT limit)")
+        if "\0" in self.client_id:
+            raise ValueError("client_id: contains NUL")
+        if self.prefix:
+            try:
+                topics.check_prefix(self.prefix, "[mqtt] prefix")
+            except ValueError as e:
+                raise ValueError(f"prefix: {e}") from None
+        if self.broker and self.password and not self.username:
+            raise ValueError("username: a password is set but no username")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.broker)
+
+    @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.broker)
 
 
 @dataclass(frozen=True)
@@ -137,10 +184,10 @@ class Topics:
     @classmethod
     def for_device(cls, device_id: str, prefix: str | None = None) -> "Topics":
         _check_topic_level(device_id, "agent.device_id")
-        prefix = (prefix or f"edge-agent/{device_id}").rstrip("/")
-        if not prefix or "+" in prefix or "#" in prefix:
-            raise ConfigError(f"mqtt.prefix: {prefix!r} must be a topic without wildcards")
-        return cls(prefix)
+        try:
+            return cls(topics.check_prefix(prefix or f"edge-agent/{device_id}", "mqtt.prefix"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def detections(self, camera_id: str) -> str:
         return f"{self.prefix}/{camera_id}/detections"
@@ -150,6 +197,12 @@ class Topics:
 
     def snapshot(self, camera_id: str) -> str:
         return f"{self.prefix}/{camera_id}/snapshot"
+
+    def events(self, camera_id: str) -> str:
+        return f"{self.prefix}/{camera_id}/events"
+
+    def zone_counts(self, camera_id: str, zone: str) -> str:
+        return f"{self.prefix}/{camera_id}/{zone}/counts"
 
     @property
     def status(self) -> str:
@@ -161,8 +214,10 @@ class Topics:
 
 
 def _check_topic_level(value: str, key: str) -> None:
-    if not value or any(c in value for c in "/+#\0"):
-        raise ConfigError(f"{key}: {value!r} must be non-empty and contain no '/', '+', '#'")
+    try:
+        topics.check_level(value, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def utc_now() -> str:
@@ -178,9 +233,17 @@ def counts_message(result: FrameResult, payload: dict) -> dict:
     return {k: payload[k] for k in keys}
 
 
+def zone_counts_messages(payload: dict) -> dict[str, dict]:
+    """zone name -> its retained counts message, from a result payload with `zones`."""
+    head = {k: payload[k] for k in ("message_id", "device_id", "camera_id", "seq", "captured_at")}
+    return {name: {**head, "zone": name, "total": z["total"], "counts": z["counts"], "min_count": z["min_count"],
+                   "state": z["state"]} for name, z in (payload.get("zones") or {}).items()}
+
+
 class Publisher(Protocol):
     def start(self) -> None: ...
-    def publish_result(self, result: FrameResult, snapshot: bytes | None = None) -> None: ...
+    def publish_result(self, result: FrameResult, snapshot: bytes | None = None, events: Sequence = ()) -> None: ...
+    def publish_events(self, events: Sequence) -> None: ...
     def camera_state(self, camera_id: str, state: str) -> None: ...
     def publish_stats(self, stats: dict) -> None: ...
     def drain(self, timeout: float) -> int: ...
@@ -201,13 +264,20 @@ class StdoutPublisher:
     def start(self) -> None:
         log.info("no MQTT broker configured: results go to stdout as JSON lines")
 
-    def publish_result(self, result: FrameResult, snapshot: bytes | None = None) -> None:
+    def publish_result(self, result: FrameResult, snapshot: bytes | None = None, events: Sequence = ()) -> None:
+        """The result, then its shelf events (lines with an "event_type")."""
         out = self.stream or sys.stdout
         out.write(json.dumps(result.to_payload(self.device_id), separators=(",", ":"), ensure_ascii=False) + "\n")
+        self.publish_events(events)
+
+    def publish_events(self, events: Sequence) -> None:
+        out = self.stream or sys.stdout
+        for e in events:
+            out.write(json.dumps(e.to_payload(self.device_id), separators=(",", ":"), ensure_ascii=False) + "\n")
         out.flush()
 
     def camera_state(self, camera_id: str, state: str) -> None:
-        (log.warning if state != "ok" else log.info)("camera %s: %s", camera_id, state)
+        log.debug("camera %s: %s", camera_id, state)  # capture.py logs the change (and its retries)
 
     def publish_stats(self, stats: dict) -> None:
         log.info("stats %s", json.dumps(stats, separators=(",", ":")))
@@ -239,17 +309,18 @@ class _InFlight:
 class MqttPublisher:
     """Store-and-forward MQTT publisher.  See the module docstring."""
 
-    def __init__(self, settings: MqttSettings, spool: Spool, device_id: str):
+    def __init__(self, settings: MqttOptions, spool: Spool, device_id: str):
         self.settings = settings
         self.spool = spool
         self.device_id = device_id
-        self.broker = parse_broker_url(settings.url)
+        self.broker = settings.address
         self.topics = Topics.for_device(device_id, settings.prefix)
-        _check_settings(settings)
+        _check_files(settings)
         self._lock = threading.Lock()  # guards the fields below; never held while calling paho
         self._wake = threading.Event()
         self._attempted = threading.Event()  # set after the first connection attempt, good or bad
         self._cameras: dict[str, str] = {}
+        self._subscriptions: dict[str, object] = {}  # topic -> callback(payload), see subscribe()
         self._retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, qos), latest only
         self._dirty: set[str] = set()
         self._retained_info: dict = {}  # topic -> paho MQTTMessageInfo of its last publish (sender thread)
@@ -258,13 +329,15 @@ class MqttPublisher:
         self._rejected: dict[int, str] = {}  # mid -> reason, PUBACKs with an error reason code (MQTT 5)
         self._hello_due = False
         self._stopping = False
-        self._outage_logged = False
         self._ever_connected = False
+        self._warned: tuple[str, float] | None = None  # (reason, monotonic time) of the last connection warning
+        self._spool_state: str | None = None  # what the status topic says about the spool
         self._last_connect_error: str | None = None
         # sender-thread state
         self._inflight: list[_InFlight] = []
         self._cursor = 0
         self._next_expire = 0.0
+        self._next_health = 0.0
         self._client = self._make_client()
         self._thread: threading.Thread | None = None
 
@@ -273,16 +346,26 @@ class MqttPublisher:
         self._set_status("online")
         log.info("MQTT: publishing to %s as %s under %s/ (MQTT %s, %d results spooled)",
                  self.broker, self.client_id, self.topics.prefix, self.settings.protocol, self.spool.depth())
+        if self.settings.password and not self.broker.tls:
+            log.warning("MQTT: a password is set but %s is not TLS (mqtts://): it crosses the network in clear "
+                        "text", self.broker)
+        if self.spool.recovery:
+            log.error("MQTT: %s", self.spool.recovery.describe())
         kw = {"clean_start": True} if self.settings.protocol == "5" else {}
         self._client.connect_async(self.broker.host, self.broker.port, self.settings.keepalive, **kw)
         self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
         self._thread.start()
 
-    def publish_result(self, result: FrameResult, snapshot: bytes | None = None) -> None:
+    def publish_result(self, result: FrameResult, snapshot: bytes | None = None, events: Sequence = ()) -> None:
+        """Spool the result, then its events (QoS 1, in order, right after it); update the
+        retained counts, zone counts and snapshot."""
         payload = result.to_payload(self.device_id)
         self.spool.append(self.topics.detections(result.camera_id), json_bytes(payload), self.settings.qos, False)
+        self.publish_events(events)
         self._put_retained(self.topics.counts(result.camera_id), json_bytes(counts_message(result, payload)))
+        for zone, msg in zone_counts_messages(payload).items():
+            self._put_retained(self.topics.zone_counts(result.camera_id, zone), json_bytes(msg))
         if snapshot:
             if len(snapshot) > MQTT_MAX_PAYLOAD:
                 log.warning("snapshot of %s is %d bytes, over the MQTT limit; not sent", result.camera_id, len(snapshot))
@@ -296,11 +379,35 @@ class MqttPublisher:
         self._set_status("online")
 
     def publish_stats(self, stats: dict) -> None:
-        msg = {"device_id": self.device_id, "at": utc_now(), **stats,
-               "spool_depth": self.spool.depth(), "spool_dropped": self.spool.dropped()}
+        msg = {"device_id": self.device_id, "at": utc_now(), **stats, **self.spool.health()}
         with self._lock:
             self._stats = json_bytes(msg)
         self._wake.set()
+
+    def publish_events(self, events: Sequence) -> None:
+        """Shelf events (edge_agent/shelf.py) through the spool, QoS 1, in order."""
+        for event in events:
+            self.spool.append(self.topics.events(event.camera_id), json_bytes(event.to_payload(self.device_id)), 1, False)
+        self._wake.set()
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """A retained message (last value wins), sent now or once connected, again after
+        every reconnect."""
+        self._put_retained(topic, bytes(payload))
+
+    def spool_message(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """One message through the spool (QoS 1, in order, kept until acknowledged)."""
+        self.spool.append(topic, bytes(payload), 1, retain)
+        self._wake.set()
+
+    def subscribe(self, topic: str, callback) -> None:
+        """Call `callback(payload)` (on paho's network thread) for each message on `topic`;
+        subscribed again after every reconnect."""
+        with self._lock:
+            self._subscriptions[topic] = callback
+        self._client.message_callback_add(topic, lambda client, userdata, msg: callback(bytes(msg.payload)))
+        if self._client.is_connected():
+            self._client.subscribe(topic, qos=1)
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait (bounded) for the first connection attempt to finish: True if connected now,
@@ -343,6 +450,11 @@ class MqttPublisher:
     def client_id(self) -> str:
         return self.settings.client_id or f"edge-agent-{self.device_id}"
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the broker is not connected now (refused, unreachable), or None."""
+        return None if self._client.is_connected() else self._last_connect_error
+
     # -- client setup ----------------------------------------------------------------
     def _make_client(self):
         mqtt = _paho()
@@ -354,7 +466,7 @@ class MqttPublisher:
         client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
         client.will_set(self.topics.status, self._status_payload("offline", "connection lost", at=False), 1, True)
         if s.username:
-            client.username_pw_set(s.username, s.password or None)
+            client.username_pw_set(s.username, s.password.reveal() or None)
         if self.broker.tls:
             _set_tls(client, s)
         client.reconnect_delay_set(s.reconnect_min, s.reconnect_max)
@@ -367,6 +479,7 @@ class MqttPublisher:
 
     # -- paho callbacks (network thread): update state, wake the sender ---------------
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.connack_received = True
         self._attempted.set()
         if reason_code.is_failure:
             hint = ""
@@ -374,35 +487,70 @@ class MqttPublisher:
                 hint = " (check mqtt.username and the password)"
             log.error("MQTT broker %s refused the connection: %s%s; retrying with backoff up to %gs",
                       self.broker, reason_code, hint, self.settings.reconnect_max)
+            self._last_connect_error = f"{self.broker} refused the connection: {reason_code}{hint}"
             return
         limit = getattr(properties, "ReceiveMaximum", None)  # MQTT 5: the broker's in-flight limit
         if limit:
             client.max_inflight_messages_set(max(1, min(self.settings.inflight + PAHO_INFLIGHT_SLACK, limit)))
         with self._lock:
+            subscriptions = list(self._subscriptions)
+        for topic in subscriptions:
+            client.subscribe(topic, qos=1)
+        with self._lock:
             self._hello_due = True
-            self._outage_logged = False
+            self._warned = None
             again = self._ever_connected
             self._ever_connected = True
+            self._last_connect_error = None
         log.info("MQTT: %s to %s; %d results spooled", "reconnected" if again else "connected", self.broker,
                  self.spool.depth())
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata):
         self._attempted.set()
-        err = client.last_connect_error or "connection failed"
-        with self._lock:
-            first = not self._outage_logged
-            self._outage_logged = True
-        (log.warning if first else log.debug)(
-            "MQTT broker %s unreachable (%s); results stay in the spool (%d); retrying with backoff up to %gs",
-            self.broker, err, self.spool.depth(), self.settings.reconnect_max)
+        self._trouble(f"unreachable ({client.last_connect_error or 'connection failed'})")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        before_connack = client.awaiting_connack()
+        timed_out = client.connack_timed_out
+        client.connection_closed()
         with self._lock:
             stopping = self._stopping
-            self._outage_logged = True
-        if not stopping and self._ever_connected:
+        if stopping:
+            return
+        if before_connack:  # accepted TCP but never completed the MQTT handshake
+            self._attempted.set()
+            if timed_out:
+                why = f"no CONNACK within {self._connack_timeout:g}s of connecting (is it an MQTT broker?)"
+            elif reason_code == "Protocol error":
+                why = "answered CONNECT with something that is not MQTT (protocol error)"
+            elif reason_code == "Keep alive timeout":
+                why = f"no CONNACK within the keepalive ({self.settings.keepalive}s)"
+            else:
+                why = f"closed the connection before CONNACK ({reason_code})"
+            self._trouble(why)
+        elif self._ever_connected:
             log.warning("MQTT connection to %s lost (%s); spooling results and reconnecting", self.broker, reason_code)
+            with self._lock:
+                self._warned = ("lost", time.monotonic())
+
+    def _trouble(self, why: str) -> None:
+        """A failed connection attempt: a warning naming the broker and the reason, at most
+        once per WARN_EVERY_S for the same reason (debug in between)."""
+        self._last_connect_error = f"{self.broker}: {why}"
+        now = time.monotonic()
+        with self._lock:
+            last = self._warned
+            loud = last is None or last[0] != why or now - last[1] >= WARN_EVERY_S
+            if loud:
+                self._warned = (why, now)
+        (log.warning if loud else log.debug)(
+            "MQTT broker %s: %s; results stay in the spool (%d); retrying with backoff %g..%gs",
+            self.broker, why, self.spool.depth(), self.settings.reconnect_min, self.settings.reconnect_max)
+
+    @property
+    def _connack_timeout(self) -> float:
+        return float(min(self.settings.keepalive, CONNACK_TIMEOUT_MAX))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self._lock:
@@ -429,10 +577,17 @@ class MqttPublisher:
             if self._stopping:
                 return True
             hello, self._hello_due = self._hello_due, False
-        if time.monotonic() >= self._next_expire:  # the age bound also applies while offline
-            self._next_expire = time.monotonic() + 60.0
+        now = time.monotonic()
+        if now >= self._next_expire:  # the age bound also applies while offline
+            self._next_expire = now + 60.0
             self.spool.expire()
+        if now >= self._next_health:
+            self._next_health = now + HEALTH_EVERY_S
+            self._check_spool_health()
         if not self._client.is_connected():
+            # paho waits for CONNACK until the keepalive runs out; a broker that accepted TCP
+            # and then says nothing would be retried only once a keepalive.
+            self._client.close_if_no_connack(self._connack_timeout)
             return False
         if hello:
             with self._lock:  # the main thread adds a new camera's topics to _retained
@@ -460,22 +615,44 @@ class MqttPublisher:
         for m in done:
             reason = rejected.get(m.info.mid)
             if reason:
-                log.error("MQTT broker %s rejected spooled message %d: %s; dropped", self.broker, m.spool_id, reason)
-                self.spool.count_dropped(1)
-            self.spool.delete(m.spool_id)
+                self.spool.bury(m.spool_id, "rejected", f"broker {self.broker} answered {reason}")
+            else:
+                self.spool.delete(m.spool_id)
 
     def _pump(self) -> None:
         room = self.settings.inflight - len(self._inflight)
         if room <= 0:
             return
-        ok = (0, 4)  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (paho queues it and sends it on reconnect)
+        mqtt = _paho()
+        ok = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: paho queues it, sends it on reconnect
         for e in self.spool.after(self._cursor, room):
-            info = self._client.publish(e.topic, e.payload, e.qos, e.retain)
+            try:
+                topics.check_topic(e.topic, "topic")
+                info = self._client.publish(e.topic, e.payload, e.qos, e.retain)
+            except ValueError as err:  # refused for good: a wildcard in the topic, a payload too large
+                why = str(err) if str(err).startswith("topic") else f"paho: {err} (topic {e.topic[:200]!r})"
+                self.spool.bury(e.id, "unpublishable", why)
+                self._cursor = e.id
+                continue
+            if info.rc == mqtt.MQTT_ERR_PAYLOAD_SIZE:  # over the broker's MQTT 5 maximum packet size
+                self.spool.bury(e.id, "unpublishable", f"{len(e.payload)} bytes, over the broker's maximum packet size")
+                self._cursor = e.id
+                continue
             if info.rc not in ok:
-                log.warning("MQTT: paho did not take spooled message %d (rc %s); will retry", e.id, info.rc)
+                log.warning("MQTT: paho did not take spooled message %d (%s); will retry", e.id, mqtt.error_string(info.rc))
                 return
             self._inflight.append(_InFlight(e.id, info))
             self._cursor = e.id
+
+    def _check_spool_health(self) -> None:
+        """Low disk space warning (Spool.health) and the spool's state on the status topic."""
+        self.spool.health()
+        state = "ok" if self.spool.writable() else "memory"
+        if state != self._spool_state:
+            first = self._spool_state is None
+            self._spool_state = state
+            if not (first and state == "ok" and not self.spool.recovery):
+                self._set_status("online")
 
     def _send_retained(self) -> None:
         """Publish the latest value of each changed retained topic.  A topic whose previous
@@ -518,6 +695,11 @@ class MqttPublisher:
             msg["reason"] = reason
         if cameras:
             msg["cameras"] = cameras
+        if self._spool_state == "memory" or self.spool.recovery:
+            spool = {"writable": self._spool_state != "memory"}
+            if self.spool.recovery:
+                spool["recovered"] = self.spool.recovery.as_dict()
+            msg["spool"] = spool
         return json_bytes(msg)
 
 
@@ -529,6 +711,9 @@ def _client_class():
 
     class ClientWithErrors(mqtt.Client):
         last_connect_error: str | None = None
+        connected_at: float | None = None  # monotonic time the socket opened; None once closed
+        connack_timed_out = False
+        connack_received = False
 
         def _create_socket(self):
             try:
@@ -537,7 +722,30 @@ def _client_class():
                 self.last_connect_error = _describe_os_error(e)
                 raise
             self.last_connect_error = None
+            self.connected_at = time.monotonic()
+            self.connack_timed_out = False
+            self.connack_received = False
             return sock
+
+        def awaiting_connack(self) -> bool:
+            return self.connected_at is not None and not self.connack_received
+
+        def connection_closed(self) -> None:
+            self.connected_at = None
+            self.connack_timed_out = False
+
+        def close_if_no_connack(self, timeout: float) -> None:
+            """Close a socket that has waited `timeout` s for CONNACK: paho then reports the
+            loss and reconnects after its backoff."""
+            opened = self.connected_at
+            sock = self.socket()
+            if opened is None or sock is None or self.connack_received or time.monotonic() - opened < timeout:
+                return
+            self.connack_timed_out = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     return ClientWithErrors
 
@@ -550,46 +758,29 @@ def _describe_os_error(e: OSError) -> str:
     return e.strerror or e.__class__.__name__
 
 
-def _check_settings(s: MqttSettings) -> None:
-    if s.protocol not in PROTOCOLS:
-        raise ConfigError(f"mqtt.protocol: {s.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    if s.qos not in (0, 1):
-        raise ConfigError(f"mqtt.qos: {s.qos!r} must be 0 or 1")
-    if not 0 < s.reconnect_min <= s.reconnect_max:
-        raise ConfigError(f"mqtt.reconnect_min/reconnect_max: need 0 < min <= max, got {s.reconnect_min}, {s.reconnect_max}")
-    if s.inflight < 1:
-        raise ConfigError(f"mqtt.inflight: must be >= 1, got {s.inflight}")
-    if s.keepalive < 5:
-        raise ConfigError(f"mqtt.keepalive: must be >= 5 seconds, got {s.keepalive}")
-    if s.password and not s.username:
-        raise ConfigError("mqtt.username: a password is set but no username")
-    if (s.tls_ca or s.tls_cert or s.tls_key) and not parse_broker_url(s.url).tls:
-        raise ConfigError(f"mqtt.url: TLS files are set but {s.url!r} is not mqtts://")
-    if bool(s.tls_cert) != bool(s.tls_key):
-        raise ConfigError("mqtt.tls_cert/mqtt.tls_key: a client certificate needs both")
-    for key in ("tls_ca", "tls_cert", "tls_key"):
+def _check_files(s: MqttOptions) -> None:
+    """The TLS files exist (`config check` only warns: they may be on the device only)."""
+    for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(s, key)
         if path and not os.path.isfile(path):
-            raise ConfigError(f"mqtt.{key}: {path}: no such file")
+            raise ConfigError(f"[mqtt] {key} = {path!r}: no such file")
 
 
-def _set_tls(client, s: MqttSettings) -> None:
+def _set_tls(client, s: MqttOptions) -> None:
     try:
-        client.tls_set(ca_certs=s.tls_ca or None, certfile=s.tls_cert or None, keyfile=s.tls_key or None,
+        client.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None,
                        cert_reqs=ssl.CERT_REQUIRED)
     except (ssl.SSLError, OSError, ValueError) as e:
-        raise ConfigError(f"mqtt.tls_ca/tls_cert/tls_key: cannot load {s.tls_ca or ''} {s.tls_cert or ''}: {e}") from None
+        raise ConfigError(f"[mqtt] ca_file/cert_file/key_file: cannot load {s.ca_file or ''} {s.cert_file or ''}: {e}") from None
     if s.tls_insecure:
         client.tls_insecure_set(True)
 
 
-def open_publisher(mqtt: MqttSettings | None, device_id: str, state_dir, spool_max_mb: float = 100.0,
-                   spool_max_age_hours: float = 168.0) -> "Publisher":
+def open_publisher(mqtt: MqttOptions, device_id: str, state_dir, spool: SpoolOptions = SpoolOptions()) -> "Publisher":
     """The publisher the agent runs with: MQTT when a broker URL is configured, else stdout."""
-    if mqtt is None or not mqtt.url:
+    if not mqtt.enabled:
         return StdoutPublisher(device_id)
-    spool = Spool.in_state_dir(state_dir, max_mb=spool_max_mb, max_age_hours=spool_max_age_hours)
-    return MqttPublisher(mqtt, spool, device_id)
+    return MqttPublisher(mqtt, Spool.in_state_dir(state_dir, spool), device_id)
 
 
 # -- subscribers -----------------------------------------------------------------------

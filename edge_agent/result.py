@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from tiling.regions import Regions
+from edge_agent.tiling.regions import Regions
 
 SCHEMA_VERSION = 1
 
@@ -28,6 +28,8 @@ class FrameResult:
     resplit: list = field(default_factory=list)  # [[x0,y0,x1,y1], ...] tiles that were split
     timings: dict = field(default_factory=dict)  # stage -> seconds
     message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    zones: dict | None = None  # zone name -> stable counts (edge_agent/shelf.py), when the camera has zones
+    prices: list | None = None  # prices read from the text lines (edge_agent/prices.py), when [prices] is on
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(self.detections.labels).items()))
@@ -54,4 +56,6 @@ class FrameResult:
             ],
             "counts": self.counts(),
             "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
+            **({"zones": self.zones} if self.zones is not None else {}),
+            **({"prices": self.prices} if self.prices is not None else {}),
         }

@@ -1,322 +1,162 @@
-"""All of edge-agent's configuration, typed, in one place.
+"""edge-agent's configuration: one generic loader over the components' options classes.
+
+Each component owns a frozen options dataclass next to its code, which checks itself in
+`__post_init__` with plain `ValueError("key: why")`.  `Settings` lists them; its fields
+are the config sections (a `tuple[Options, ...]` field is an array of tables, `[[cameras]]`,
+also written as one `[camera]` table).  Config keys are the options' field names.  Adding a
+section = adding one field to `Settings` (and documenting its keys in config/edge-agent.toml).
 
 Layers, later ones win:
 
 1. the TOML file (`config/edge-agent.toml` documents every key);
 2. environment variables `EDGE_AGENT_<SECTION>_<KEY>` (e.g. `EDGE_AGENT_AGENT_INTERVAL=5`,
    `EDGE_AGENT_MQTT_BROKER=mqtts://broker:8883`);
-3. command-line flags (passed in as `overrides`).
+3. command-line flags (`FLAGS`: one table from click parameter to section and key).
 
-Everything is checked at load: an unknown key, a wrong type or a bad value raises
-`ConfigError` with one line naming the file (or variable, or flag), the key and the value.
+Every value goes through one coercion by the field's type hint (`coerce`), then the
+section's class checks it.  Any problem raises `ConfigError` with one line naming where
+the value came from, the key as written, and the value:
+"FILE: [section] key = value: why" (exit status 2).
 
-Secrets (`mqtt.password`) are `Secret` objects whose repr is masked.  The password never
-comes from argv; it is read, in rising precedence, from `mqtt.password`,
-`mqtt.password_file`, the systemd credential `$CREDENTIALS_DIRECTORY/mqtt_password`, and
+Then one resolution of defaults (`load_settings` does it, so `config show` prints what
+`run` uses): the device id (host name), the state directory, camera ids, the MQTT password
+and the embedded demo (the bundled tiny model when no model dir is set, the bundled sample
+video when no camera source is set).
+
+Secrets (fields typed `Secret`, i.e. `mqtt.password`) never print.  The password never
+comes from argv; it is read, in rising precedence, from `[mqtt] password`,
+`[mqtt] password_file`, the systemd credential `$CREDENTIALS_DIRECTORY/mqtt_password`, and
 the environment variable `EDGE_AGENT_MQTT_PASSWORD`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import socket
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
 
+from edge_agent.agent import AgentOptions, SnapshotOptions, StatsOptions
+from edge_agent.capture import CameraOptions, default_camera_id
 from edge_agent.errors import ConfigError
+from edge_agent.gating import GatingOptions
+from edge_agent.homeassistant import HomeAssistantOptions
+from edge_agent.model import ModelOptions
+from edge_agent.prices import PriceOptions
+from edge_agent.publish import MqttOptions
+from edge_agent.redact import redact
+from edge_agent.secret import Secret
+from edge_agent.shelf import ShelfOptions
+from edge_agent.spool import SpoolOptions
+from edge_agent.zones import ZoneOptions
+from edge_agent.tiling.runner import TilingOptions
 
 ENV_PREFIX = "EDGE_AGENT_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-VARIANTS = ("", "_fp16", "_int8", "_uint8", "_quantized", "_q4", "_q4f16")
-BROKER_SCHEMES = {"mqtt": 1883, "mqtts": 8883, "tcp": 1883, "ssl": 8883}
-
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-
-# ---------------------------------------------------------------- sections
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    device_id: str = ""  # "" -> this machine's hostname
-    state_dir: str = ""  # "" -> $STATE_DIRECTORY (systemd) or ~/.local/state/edge-agent
-    interval: float = 10.0  # seconds between processed frames, per camera
-    log_level: str = "info"
-
-
-@dataclass(frozen=True)
-class CameraSettings:
-    id: str = ""  # "" -> cam<N> for a device, the file stem for a file
-    source: str = "0"  # device index, video file, rtsp/http URL, image directory or glob
-    loop: bool = False  # video file / image set: start again at the end instead of stopping
-    width: int = 0  # ask a device for this capture size (0: driver default)
-    height: int = 0
-    retry_max: float = 60.0  # cap of the reconnect backoff, seconds
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    dir: str = ""  # onnx-community Florence-2 layout; "" without a config file -> the bundled tiny demo model
-    variant: str = "_int8"
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    threads: int = 0  # ONNX Runtime intra-op threads, 0: its default
-    tasks: tuple[str, ...] = ("od", "ocr")
-    num_beams: int = 0  # 0: as generation_config.json says
-    max_new_tokens: int = 1024
-    decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
-    kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
-
-
-@dataclass(frozen=True)
-class TilingSettings:
-    enabled: bool = True  # false: one pass over the whole frame (--no-tiling)
-    options: Any = None  # tiling.runner.TilingOptions; its fields are the other [tiling] keys
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    broker: str = ""  # mqtt://host[:port] or mqtts://host[:port]; "" -> JSON lines on stdout
-    prefix: str = ""  # "" -> edge-agent/<device_id>
-    protocol: str = "3.1.1"  # "3.1.1" or "5"
-    client_id: str = ""  # "" -> edge-agent-<device_id>
-    keepalive: int = 60
-    ca_file: str = ""  # TLS: CA bundle (mqtts:// without it uses the system CAs)
-    cert_file: str = ""  # TLS client certificate (optional)
-    key_file: str = ""
-    tls_insecure: bool = False  # skip host name check (testing only)
-    username: str = ""
-    password: Secret = Secret("")
-    password_file: str = ""
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.broker)
-
-
-@dataclass(frozen=True)
-class SpoolSettings:
-    max_mb: float = 100.0
-    max_age_hours: float = 168.0
-
-
-@dataclass(frozen=True)
-class SnapshotSettings:
-    enabled: bool = False
-    max_bytes: int = 200_000
-    interval: float = 60.0  # seconds between snapshots per camera; 0: every frame
-
-
-@dataclass(frozen=True)
-class GatingSettings:
-    threshold: float = 6.0  # grey levels (0-255) a tile's block mean must move to be run again; 0: off
-    downscale: int = 32  # signature grid: at most downscale x downscale blocks per tile
-    max_age_s: float = 600.0  # re-run an unchanged tile after this many seconds; 0: never
-
-
-@dataclass(frozen=True)
-class StatsSettings:
-    interval: float = 60.0  # seconds between stats messages; 0: off
+SINGULAR = {"cameras": "camera"}  # an array-of-tables section also accepts one table of this name
+# (and environment variables and flags then set its one table); other array sections come from the file only
 
 
 @dataclass(frozen=True)
 class Settings:
-    agent: AgentSettings = field(default_factory=AgentSettings)
-    cameras: tuple[CameraSettings, ...] = ()
-    model: ModelSettings = field(default_factory=ModelSettings)
-    tiling: TilingSettings = field(default_factory=TilingSettings)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
-    spool: SpoolSettings = field(default_factory=SpoolSettings)
-    snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
-    gating: GatingSettings = field(default_factory=GatingSettings)
-    stats: StatsSettings = field(default_factory=StatsSettings)
+    """Every section, in the order `config show` prints them."""
+
+    agent: AgentOptions = field(default_factory=AgentOptions)
+    cameras: tuple[CameraOptions, ...] = ()
+    model: ModelOptions = field(default_factory=ModelOptions)
+    tiling: TilingOptions = field(default_factory=TilingOptions)
+    gating: GatingOptions = field(default_factory=GatingOptions)
+    mqtt: MqttOptions = field(default_factory=MqttOptions)
+    spool: SpoolOptions = field(default_factory=SpoolOptions)
+    snapshot: SnapshotOptions = field(default_factory=SnapshotOptions)
+    stats: StatsOptions = field(default_factory=StatsOptions)
+    zones: tuple[ZoneOptions, ...] = ()  # [[zones]]
+    shelf: ShelfOptions = field(default_factory=ShelfOptions)
+    prices: PriceOptions = field(default_factory=PriceOptions)
+    homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
+    # not sections: where things came from
     path: str = ""  # the config file read, "" for none
     password_origin: str = ""  # where the MQTT password came from (never the value)
+    model_note: str = ""  # set when no model dir was configured: the demo model's note (embedded.NOTE)
 
     @property
     def state_dir(self) -> Path:
         return Path(self.agent.state_dir)
 
 
-SECTIONS: dict[str, type] = {
-    "agent": AgentSettings,
-    "camera": CameraSettings,
-    "model": ModelSettings,
-    "tiling": TilingSettings,
-    "mqtt": MqttConfig,
-    "spool": SpoolSettings,
-    "snapshot": SnapshotSettings,
-    "gating": GatingSettings,
-    "stats": StatsSettings,
-}
-SECRET_KEYS = {("mqtt", "password")}
+@dataclass(frozen=True)
+class Section:
+    name: str  # the Settings field: "agent", "cameras"
+    cls: type  # its options class
+    many: bool  # an array of tables
+
+    @property
+    def table(self) -> str:
+        """The name a single table is written with ([camera] for cameras)."""
+        return SINGULAR.get(self.name, self.name)
+
+    def keys(self) -> dict[str, Any]:
+        """key -> type hint, from the options class."""
+        hints = typing.get_type_hints(self.cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(self.cls)}
 
 
-def tiling_options_class():
-    from tiling.runner import TilingOptions
-
-    return TilingOptions
-
-
-# ---------------------------------------------------------------- value checks
-
-
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
+def sections() -> dict[str, Section]:
+    """Settings' fields that are options classes (or tuples of them), by field name."""
+    out = {}
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            out[f.name] = Section(f.name, typing.get_args(tp)[0], True)
+        elif dataclasses.is_dataclass(tp):
+            out[f.name] = Section(f.name, tp, False)
+    return out
 
 
-def _one_of(choices):
-    def check(v):
-        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
-
-    return check
+SECTIONS = sections()
+_BY_TABLE = {s.table: s for s in SECTIONS.values()} | SECTIONS
 
 
-def _subset_of(choices):
-    def check(v):
-        bad = [x for x in v if x not in choices]
-        if bad or not v:
-            return f"must be a non-empty list of {', '.join(map(repr, choices))}"
-        return None
-
-    return check
-
-
-def _broker(v):
-    if not v:
-        return None
-    u = urlsplit(v)
-    if u.scheme not in BROKER_SCHEMES or not u.hostname:
-        return "must look like mqtt://host[:port] or mqtts://host[:port]"
-    try:
-        u.port
-    except ValueError:
-        return "has a bad port"
-    return None
-
-
-CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
-    ("agent", "interval"): _non_negative,
-    ("agent", "log_level"): _one_of(LOG_LEVELS),
-    ("camera", "width"): _non_negative,
-    ("camera", "height"): _non_negative,
-    ("camera", "retry_max"): _positive,
-    ("model", "variant"): _one_of(VARIANTS),
-    ("model", "threads"): _non_negative,
-    ("model", "tasks"): _subset_of(("od", "ocr")),
-    ("model", "num_beams"): _non_negative,
-    ("model", "max_new_tokens"): _positive,
-    ("model", "decode_batch"): _non_negative,
-    ("model", "kv_cache_mb"): _non_negative,
-    ("mqtt", "broker"): _broker,
-    ("mqtt", "protocol"): _one_of(("3.1.1", "5")),
-    ("mqtt", "keepalive"): _positive,
-    ("mqtt", "reconnect_min"): _positive,
-    ("mqtt", "reconnect_max"): _positive,
-    ("spool", "max_mb"): _positive,
-    ("spool", "max_age_hours"): _positive,
-    ("snapshot", "max_bytes"): lambda v: None if v >= 1000 else "must be >= 1000",
-    ("snapshot", "interval"): _non_negative,
-    ("stats", "interval"): _non_negative,
-    ("gating", "threshold"): _non_negative,
-    ("gating", "downscale"): _positive,
-    ("gating", "max_age_s"): _non_negative,
-    ("tiling", "tile_size"): _positive,
-}
-
-
-# ---------------------------------------------------------------- schema helpers
-
-
-def _section_fields(section: str) -> dict[str, Any]:
-    """key -> type for one section, the tiling section taken from TilingOptions."""
-    if section == "tiling":
-        cls = tiling_options_class()
-        types = {"enabled": bool}
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            types[f.name] = hints[f.name]
-        return types
-    cls = SECTIONS[section]
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _section_defaults(section: str) -> dict[str, Any]:
-    if section == "tiling":
-        opts = tiling_options_class()()
-        return {"enabled": True, **{f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}}
-    return {f.name: getattr(SECTIONS[section](), f.name) for f in dataclasses.fields(SECTIONS[section])}
+# ---------------------------------------------------------------- the one coercion
 
 
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (tuple, list):
         return "a list of " + _type_name(typing.get_args(tp)[0]) + "s"
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     return {bool: "boolean", int: "integer", float: "number", str: "string", Secret: "string"}.get(tp, str(tp))
 
 
-class _BadType(ValueError):
-    pass
-
-
-def _coerce(tp, value, from_text: bool):
-    """Convert a TOML/flag value (or an env string when from_text) to type `tp`."""
+def coerce(tp, value, from_text: bool = False):
+    """A TOML or flag value (or, from_text, an environment string) as type `tp`; ValueError
+    saying what was expected otherwise."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (from_text and value.strip().lower() in ("", "none")):
+        if type(None) in typing.get_args(tp) and (value is None or (from_text and value.strip().lower() in ("", "none"))):
             return None
         for a in args:
             try:
-                return _coerce(a, value, from_text)
-            except _BadType:
+                return coerce(a, value, from_text)
+            except ValueError:
                 continue
-        raise _BadType(f"expected {_type_name(tp)}")
+        raise ValueError(f"expected {_type_name(tp)}")
     if origin in (tuple, list):
         item = typing.get_args(tp)[0]
         if from_text:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise _BadType(f"expected {_type_name(tp)}")
-        return tuple(_coerce(item, v, from_text) for v in value)
+            raise ValueError(f"expected {_type_name(tp)}")
+        return tuple(coerce(item, v, from_text) for v in value)
     if tp is bool:
         if from_text:
             low = value.strip().lower()
@@ -326,86 +166,84 @@ def _coerce(tp, value, from_text: bool):
                 return False
         elif isinstance(value, bool):
             return value
-        raise _BadType("expected a boolean (true/false)")
+        raise ValueError("expected a boolean (true/false)")
     if tp is int:
         if from_text:
             try:
                 return int(value.strip())
             except ValueError:
-                raise _BadType("expected an integer") from None
+                raise ValueError("expected an integer") from None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise _BadType("expected an integer")
+        raise ValueError("expected an integer")
     if tp is float:
         if from_text:
             try:
                 number = float(value.strip())
             except ValueError:
-                raise _BadType("expected a number") from None
+                raise ValueError("expected a number") from None
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         else:
-            raise _BadType("expected a number")
+            raise ValueError("expected a number")
         if not math.isfinite(number):  # TOML inf/nan, "1e400": no setting means "forever" this way
-            raise _BadType("expected a finite number")
+            raise ValueError("expected a finite number")
         return number
     if tp is Secret:
         if isinstance(value, Secret):
             return value
         if isinstance(value, str):
             return Secret(value)
-        raise _BadType("expected a string")
+        raise ValueError("expected a string")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise _BadType("expected a string")
-    raise _BadType(f"unsupported type {tp}")
+        raise ValueError("expected a string")
+    raise ValueError(f"unsupported type {tp}")
 
 
-def _shown(section: str, key: str, value) -> str:
-    if (section, key) in SECRET_KEYS:
+def _shown(value, secret: bool = False) -> str:
+    """A value for an error message: secrets masked, credentials in URLs masked, long ones cut."""
+    if secret:
         return "'********'"
-    if isinstance(value, str):
+    if isinstance(value, Secret):
         return repr(value)
+    if isinstance(value, str):
+        value = redact(value)
+        return repr(value) if len(value) <= 80 else repr(value[:60]) + f"... ({len(value)} characters)"
     return json.dumps(value) if isinstance(value, (bool, int, float, list, tuple)) else repr(value)
 
 
-@dataclass(frozen=True)
-class _Origin:
-    """Where a value came from, for error messages."""
-
-    kind: str  # "file", "env", "flag"
-    name: str = ""  # file path
-
-    def where(self, section: str, key: str, index: int | None = None) -> str:
-        if self.kind == "env":
-            return f"environment variable {ENV_PREFIX}{section.upper()}_{key.upper()}"
-        if self.kind == "flag":
-            return f"command line: {section}.{key}"
-        sec = f"[{section}]" if index is None else f"[[cameras]] #{index + 1}"
-        return f"{self.name}: {sec} {key}"
+# ---------------------------------------------------------------- layers
 
 
-def _set(table: dict, section: str, key: str, value, origin: _Origin, from_text=False, index=None):
-    """Validate one value into `table` (section dict)."""
-    fields = _section_fields(section)
-    if key not in fields:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(f"{origin.where(section, key, index)}: unknown key (known: {known})")
-    if section == "camera" and key == "source" and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # source = 0 in TOML means device 0
+@dataclass
+class _Given:
+    """One value as given: where (for messages), as written, and coerced."""
+
+    where: str  # "FILE: [agent] interval", "environment variable EDGE_AGENT_AGENT_INTERVAL", "command line --interval"
+    written: Any
+    value: Any
+    secret: bool = False
+
+    def line(self, why: str) -> str:
+        return f"{self.where} = {_shown(self.written, self.secret)}: {why}"
+
+
+Table = dict  # key -> _Given
+
+
+def _put(table: Table, section: Section, key: str, written, where: str, from_text: bool = False) -> None:
+    keys = section.keys()
+    if key not in keys:
+        raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(keys))})")
+    secret = keys[key] is Secret
+    given = _Given(where, written, None, secret)
     try:
-        v = _coerce(fields[key], value, from_text)
-    except _BadType as e:
-        raise ConfigError(f"{origin.where(section, key, index)} = {_shown(section, key, value)}: {e}") from None
-    check = CHECKS.get((section, key))
-    why = check(v) if check and v is not None else None
-    if why:
-        raise ConfigError(f"{origin.where(section, key, index)} = {_shown(section, key, v)}: {why}")
-    table[key] = v
-
-
-# ---------------------------------------------------------------- loading
+        given.value = coerce(keys[key], written, from_text)
+    except ValueError as e:
+        raise ConfigError(given.line(str(e))) from None
+    table[key] = given
 
 
 def _read_toml(path: Path) -> dict:
@@ -421,78 +259,114 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
-def _layer_file(path: Path) -> tuple[dict, list[dict]]:
-    """-> (sections, cameras) validated from a TOML file."""
-    data = _read_toml(path)
-    origin = _Origin("file", str(path))
-    sections: dict[str, dict] = {}
-    cameras: list[dict] = []
-    if "camera" in data and "cameras" in data:
-        raise ConfigError(f"{path}: use either [camera] or [[cameras]], not both")
-    for name, body in data.items():
-        if name == "cameras":
-            if not isinstance(body, list) or not all(isinstance(b, dict) for b in body):
-                raise ConfigError(f"{path}: cameras must be an array of tables ([[cameras]])")
-            for i, cam in enumerate(body):
-                table: dict = {}
-                for k, v in cam.items():
-                    _set(table, "camera", k, v, origin, index=i)
-                cameras.append(table)
-            continue
-        if name not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(sorted(SECTIONS))}, cameras)")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: {name} must be a table ([{name}]), got {body!r}")
-        table = {}
-        for k, v in body.items():
-            _set(table, name, k, v, origin)
-        if name == "camera":
-            cameras.append(table)
-        else:
-            sections[name] = table
-    return sections, cameras
+class _Layers:
+    """The given values of every section: single sections as one table, array-of-tables
+    sections as a list of tables (None: not configured at all)."""
+
+    def __init__(self):
+        self.single: dict[str, Table] = {n: {} for n, s in SECTIONS.items() if not s.many}
+        self.many: dict[str, list[Table] | None] = {n: None for n, s in SECTIONS.items() if s.many}
+
+    def file(self, path: Path) -> None:
+        data = _read_toml(path)
+        known = ", ".join(sorted({s.table for s in SECTIONS.values()} | {n for n, s in SECTIONS.items() if s.many}))
+        for sec in SECTIONS.values():
+            if sec.many and sec.name in data and sec.table in data and sec.table != sec.name:
+                raise ConfigError(f"{path}: use either [{sec.table}] or [[{sec.name}]], not both")
+        for name, body in data.items():
+            sec = _BY_TABLE.get(name)
+            if sec is None:
+                raise ConfigError(f"{path}: unknown section [{name}] (known: {known})")
+            if sec.many and name == sec.name:  # [[cameras]]
+                if not isinstance(body, list) or not all(isinstance(b, dict) for b in body):
+                    raise ConfigError(f"{path}: {name} must be an array of tables ([[{name}]])")
+                tables = []
+                for i, item in enumerate(body):
+                    table: Table = {}
+                    for k, v in item.items():
+                        _put(table, sec, k, v, f"{path}: [[{name}]] #{i + 1} {k}")
+                    tables.append(table)
+                self.many[sec.name] = tables
+                continue
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: {name} must be a table ([{name}]), got {body!r}")
+            table = {}
+            for k, v in body.items():
+                _put(table, sec, k, v, f"{path}: [{name}] {k}")
+            if sec.many:
+                self.many[sec.name] = [table]
+            else:
+                self.single[sec.name] = table
+
+    def _target(self, sec: Section, what: str) -> Table:
+        """The table env/flag values of `sec` go into: its one table (made if none)."""
+        if not sec.many:
+            return self.single[sec.name]
+        tables = self.many[sec.name]
+        if tables is None:
+            tables = self.many[sec.name] = [{}]
+        if len(tables) > 1:
+            raise ConfigError(f"{what}: applies to one of [[{sec.name}]], the config has {len(tables)}")
+        return tables[0]
+
+    def env(self, env: Mapping[str, str]) -> None:
+        by_length = sorted(SECTIONS.values(), key=lambda s: -len(s.table))
+        for var in sorted(env):
+            if not var.startswith(ENV_PREFIX) or var in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "MQTT_PASSWORD"):
+                continue  # the password is resolved with its other sources in _resolve_password
+            rest = var[len(ENV_PREFIX):].lower()
+            sec = next((s for s in by_length if rest.startswith(s.table + "_")), None)
+            if sec is None or (sec.many and sec.table == sec.name):
+                continue  # not a settings variable (other tools may share the prefix), or [[zones]]
+            key = rest[len(sec.table) + 1:]
+            where = f"environment variable {var}"
+            _put(self._target(sec, where), sec, key, env[var], where, from_text=True)
+
+    def flags(self, given: list[tuple[str, str, str, Any]]) -> None:
+        """[(flag, section, key, value)]; a flag for a source replaces an array section by one table."""
+        for flag, name, key, value in sorted(given, key=lambda g: g[2] != "source"):
+            sec = _BY_TABLE[name]
+            where = f"command line {flag}"
+            if sec.keys().get(key) is Secret:
+                raise ConfigError(f"{where}: the MQTT password is never taken from argv; use password_file, "
+                                  f"{ENV_PREFIX}MQTT_PASSWORD or a systemd credential")
+            if sec.many and key == "source":
+                # The flag names another camera than the file's, but EDGE_AGENT_CAMERA_* still
+                # apply to it: the environment is stronger than the file, weaker than flags.
+                old = self.many[sec.name] or []
+                env_given = {k: g for k, g in old[0].items() if g.where.startswith("environment variable")} \
+                    if len(old) == 1 else {}
+                self.many[sec.name] = [env_given]
+            if sec.many and len(self.many[sec.name] or ()) > 1:
+                raise ConfigError(f"{where} needs --camera or --source with several [[{sec.name}]] configured")
+            _put(self._target(sec, where), sec, key, value, where)
 
 
-def _layer_env(env: Mapping[str, str], sections: dict, cameras: list[dict]) -> None:
-    origin = _Origin("env")
-    for var in sorted(env):
-        if not var.startswith(ENV_PREFIX) or var in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "MQTT_PASSWORD"):
-            continue  # the password is resolved with its other sources in _resolve_password
-        rest = var[len(ENV_PREFIX):].lower()
-        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
-        if section is None:
-            continue  # not a settings variable (other tools may share the prefix)
-        key = rest[len(section) + 1:]
-        if section == "camera":
-            if len(cameras) > 1:
-                raise ConfigError(f"environment variable {var}: applies to one camera, the config has {len(cameras)} [[cameras]]")
-            if not cameras:
-                cameras.append({})
-            _set(cameras[0], "camera", key, env[var], origin, from_text=True)
-        else:
-            _set(sections.setdefault(section, {}), section, key, env[var], origin, from_text=True)
+def _build(sec: Section, table: Table, where: str):
+    """The options object from one table; its ValueError as one line naming the key."""
+    try:
+        return sec.cls(**{k: g.value for k, g in table.items()})
+    except ValueError as e:
+        raise ConfigError(_explain(sec, table, str(e), where)) from None
 
 
-def _layer_flags(overrides: Mapping[str, Mapping[str, Any]], sections: dict, cameras: list[dict]) -> None:
-    origin = _Origin("flag")
-    for section, values in overrides.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if not values:
-            continue
-        if section == "camera":
-            if "source" in values:  # --camera/--source replaces the configured cameras
-                cameras[:] = [{}]
-            elif not cameras:
-                cameras.append({})
-            elif len(cameras) > 1:
-                raise ConfigError(f"command line: {', '.join(values)} needs --camera or --source with several [[cameras]] configured")
-            for k, v in values.items():
-                _set(cameras[0], "camera", k, v, origin)
-            continue
-        if (section, "password") in SECRET_KEYS and "password" in values:
-            raise ConfigError("command line: the MQTT password is never taken from argv; use password_file, EDGE_AGENT_MQTT_PASSWORD or a systemd credential")
-        for k, v in values.items():
-            _set(sections.setdefault(section, {}), section, k, v, origin)
+def _explain(sec: Section, table: Table, message: str, where: str) -> str:
+    """'key: why' (or 'section.key: why') from an options class -> the line naming it."""
+    head, sep, why = message.partition(": ")
+    key = head.split(".")[-1]
+    if sep and key in sec.keys():
+        if key in table:
+            return table[key].line(why)
+        return f"{where} {key} = {_shown(_default(sec, key), sec.keys()[key] is Secret)} (default): {why}"
+    return f"{where}: {message}"
+
+
+def _default(sec: Section, key: str):
+    f = next(f for f in dataclasses.fields(sec.cls) if f.name == key)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+# ---------------------------------------------------------------- defaults
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:
@@ -502,26 +376,6 @@ def default_state_dir(env: Mapping[str, str]) -> str:
     return str(Path(base) / "edge-agent")
 
 
-def _resolve_password(mqtt: dict, env: Mapping[str, str], path: str) -> tuple[Secret, str]:
-    """-> (password, origin).  Rising precedence: config value, password_file, systemd
-    credential, environment."""
-    if env.get(ENV_PREFIX + "MQTT_PASSWORD"):
-        return Secret(env[ENV_PREFIX + "MQTT_PASSWORD"]), f"environment variable {ENV_PREFIX}MQTT_PASSWORD"
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    # An empty credential is "none": `edge-agent service install` creates the file empty
-    # because LoadCredential= fails the start when it is missing.
-    if cred_dir and (Path(cred_dir) / "mqtt_password").is_file() and (Path(cred_dir) / "mqtt_password").stat().st_size:
-        p = Path(cred_dir) / "mqtt_password"
-        return Secret(_read_secret_file(p, "systemd credential")), f"systemd credential {p}"
-    if mqtt.get("password_file"):
-        p = Path(mqtt["password_file"]).expanduser()
-        if not p.is_absolute() and path:
-            p = Path(path).parent / p
-        return Secret(_read_secret_file(p, "[mqtt] password_file")), f"password_file {p}"
-    pw = mqtt.get("password", Secret(""))
-    return pw, ("config file" if pw else "")
-
-
 def _read_secret_file(p: Path, what: str) -> str:
     try:
         return p.read_text(encoding="utf-8").rstrip("\r\n")
@@ -529,49 +383,72 @@ def _read_secret_file(p: Path, what: str) -> str:
         raise ConfigError(f"{what} {p}: cannot read: {e.strerror or e}") from None
 
 
-def _camera_id(cam: dict, index: int) -> str:
-    if cam.get("id"):
-        return cam["id"]
-    src = cam.get("source", CameraSettings.source)
-    if src.strip().isdigit():
-        return f"cam{int(src)}"
-    if "://" in src:
-        return f"cam{index}"
-    stem = Path(src.rstrip("/")).stem.replace("*", "").strip("._-")
-    return stem or f"cam{index}"
+def _resolve_password(mqtt: Table, env: Mapping[str, str], path: str, read: bool = True) -> str:
+    """Set mqtt's password from its sources; -> where it came from.  Rising precedence:
+    config value, password_file, systemd credential, environment.  read=False: files are
+    not read (a placeholder stands for their content), for `config check`."""
+    def put(value: str, origin: str) -> str:
+        mqtt["password"] = _Given(origin, value, Secret(value), True)
+        return origin
+
+    if env.get(ENV_PREFIX + "MQTT_PASSWORD"):
+        return put(env[ENV_PREFIX + "MQTT_PASSWORD"], f"environment variable {ENV_PREFIX}MQTT_PASSWORD")
+    cred = Path(env["CREDENTIALS_DIRECTORY"]) / "mqtt_password" if env.get("CREDENTIALS_DIRECTORY") else None
+    # An empty credential is "none": `edge-agent service install` creates the file empty
+    # because LoadCredential= fails the start when it is missing.
+    if cred is not None and cred.is_file() and cred.stat().st_size:
+        return put(_read_secret_file(cred, "systemd credential") if read else "(unread)", f"systemd credential {cred}")
+    if "password_file" in mqtt and mqtt["password_file"].value:
+        p = password_file_path(mqtt["password_file"].value, path)
+        return put(_read_secret_file(p, "[mqtt] password_file") if read else "(unread)", f"password_file {p}")
+    return "config file" if "password" in mqtt and mqtt["password"].value else ""
 
 
-def _build(sections: dict, cameras: list[dict], env: Mapping[str, str], path: str) -> Settings:
-    agent = dict(sections.get("agent", {}))
-    agent.setdefault("device_id", "")
-    agent["device_id"] = agent["device_id"] or socket.gethostname()
-    agent["state_dir"] = str(Path(agent.get("state_dir") or default_state_dir(env)).expanduser())
-    cams = []
-    for i, cam in enumerate(cameras or [{}]):
-        cams.append(CameraSettings(**{**cam, "id": _camera_id(cam, i)}))
-    ids = [c.id for c in cams]
+def password_file_path(value: str, config: str) -> Path:
+    """password_file as read: relative paths are relative to the config file."""
+    p = Path(value).expanduser()
+    return Path(config).parent / p if not p.is_absolute() and config else p
+
+
+def _check_zones(s: Settings, camera_ids: list[str]) -> None:
+    """[[zones]] against the cameras: a name once per camera; a zone for a camera that is not
+    configured (e.g. after --source) counts nothing, which is said once."""
+    where = s.path or "configuration"
+    for cam in camera_ids:
+        names = [z.name for z in s.zones if z.applies_to(cam)]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice:
+            raise ConfigError(f"{where}: [[zones]] name {twice!r}: defined twice for camera {cam!r}")
+    for z in s.zones:
+        if z.camera and z.camera not in camera_ids:
+            logging.getLogger(__name__).warning("%s: [[zones]] %r is for camera %r, which is not configured (cameras: %s); "
+                                                "it counts nothing", where, z.name, z.camera, ", ".join(camera_ids))
+
+
+def _resolve_defaults(s: Settings, env: Mapping[str, str]) -> Settings:
+    """The one resolution of what "" means: host name, state dir, camera ids, the demo."""
+    from edge_agent import embedded
+
+    agent = dataclasses.replace(s.agent, device_id=s.agent.device_id or socket.gethostname(),
+                                state_dir=str(Path(s.agent.state_dir or default_state_dir(env)).expanduser()))
+    cameras = []
+    for i, cam in enumerate(s.cameras or (CameraOptions(),)):
+        source = cam.source or str(embedded.sample_video())
+        try:
+            cameras.append(dataclasses.replace(cam, source=source, id=cam.id or default_camera_id(source, i)))
+        except ValueError as e:  # an id made from a file name that cannot be a topic level
+            raise ConfigError(f"{s.path or 'configuration'}: [camera] {e}; set [camera] id") from None
+    ids = [c.id for c in cameras]
     if len(set(ids)) != len(ids):
-        where = path or "configuration"
-        raise ConfigError(f"{where}: camera ids must be unique, got {ids}")
-    tiling = dict(sections.get("tiling", {}))
-    enabled = tiling.pop("enabled", True)
-    opts = tiling_options_class()(**tiling)
-    mqtt = dict(sections.get("mqtt", {}))
-    password, pw_origin = _resolve_password(mqtt, env, path)
-    mqtt["password"] = password
-    return Settings(
-        agent=AgentSettings(**agent),
-        cameras=tuple(cams),
-        model=ModelSettings(**sections.get("model", {})),
-        tiling=TilingSettings(enabled=enabled, options=opts),
-        mqtt=MqttConfig(**mqtt),
-        spool=SpoolSettings(**sections.get("spool", {})),
-        snapshot=SnapshotSettings(**sections.get("snapshot", {})),
-        gating=GatingSettings(**sections.get("gating", {})),
-        stats=StatsSettings(**sections.get("stats", {})),
-        path=path,
-        password_origin=pw_origin,
-    )
+        raise ConfigError(f"{s.path or 'configuration'}: [[cameras]] id: camera ids must be unique, got {ids}")
+    _check_zones(s, ids)
+    if s.model.dir:
+        return dataclasses.replace(s, agent=agent, cameras=tuple(cameras))
+    model = dataclasses.replace(s.model, dir=str(embedded.tiny_model_dir()))
+    return dataclasses.replace(s, agent=agent, cameras=tuple(cameras), model=model, model_note=embedded.NOTE)
+
+
+# ---------------------------------------------------------------- loading
 
 
 def config_path(explicit: str | os.PathLike | None, env: Mapping[str, str] | None = None) -> Path | None:
@@ -593,22 +470,93 @@ def load_settings(
     path: str | os.PathLike | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    read_secrets: bool = True,
 ) -> Settings:
-    """TOML file (optional) -> environment -> flag overrides -> validated Settings.
+    """TOML file (optional) -> environment -> overrides -> checked, defaults resolved.
 
-    `overrides` maps section -> key -> value (None values are ignored); the special
-    section "camera" with a "source" replaces the configured cameras by one."""
-    env = os.environ if env is None else env
-    sections: dict[str, dict] = {}
-    cameras: list[dict] = []
+    `overrides` maps section -> key -> value (None values are ignored), as flags give them;
+    a "source" for an array section ([[cameras]]) replaces the configured ones by one.
+    read_secrets=False (`config check`): password files are not read, only named."""
+    given = [(f"{section}.{key}", section, key, v) for section, values in (overrides or {}).items()
+             for key, v in values.items() if v is not None]
+    return _load(path, os.environ if env is None else env, given, read_secrets)
+
+
+def _load(path, env: Mapping[str, str], flags: list[tuple[str, str, str, Any]], read_secrets: bool = True) -> Settings:
+    layers = _Layers()
     if path:
-        sections, cameras = _layer_file(Path(path))
-    _layer_env(env, sections, cameras)
-    _layer_flags(overrides or {}, sections, cameras)
-    try:
-        return _build(sections, cameras, env, str(path or ""))
-    except (TypeError, ValueError) as e:  # a TilingOptions/dataclass check of its own
-        raise ConfigError(f"{path or 'configuration'}: {e}") from None
+        layers.file(Path(path))
+    layers.env(env)
+    layers.flags(flags)
+    where = f"{path}:" if path else "configuration:"
+    password_origin = _resolve_password(layers.single["mqtt"], env, str(path or ""), read_secrets)
+    built: dict[str, Any] = {}
+    for name, sec in SECTIONS.items():
+        if sec.many:
+            tables = layers.many[name] or []
+            multi = len(tables) > 1
+            built[name] = tuple(_build(sec, t, f"{where} [[{name}]]" + (f" #{i + 1}" if multi else ""))
+                                for i, t in enumerate(tables))
+        else:
+            built[name] = _build(sec, layers.single[name], f"{where} [{sec.table}]")
+    settings = Settings(**built, path=str(path or ""), password_origin=password_origin)
+    return _resolve_defaults(settings, env)
+
+
+# ---------------------------------------------------------------- flags
+
+
+@dataclass(frozen=True)
+class Flag:
+    section: str
+    key: str
+    convert: Callable[[Any], Any] | None = None  # flag value -> config value (None: not given)
+
+
+TASK_CHOICES = {"od": ("od",), "ocr": ("ocr",), "both": ("od", "ocr")}
+
+# click parameter name -> the setting it overrides.  Commands declare their click options;
+# `resolve` picks the ones named here from the parameters click parsed.
+FLAGS: dict[str, Flag] = {
+    "camera": Flag("cameras", "source", str),  # --camera N: device N
+    "source": Flag("cameras", "source"),
+    "camera_id": Flag("cameras", "id"),
+    "interval": Flag("agent", "interval"),
+    "state_dir": Flag("agent", "state_dir"),
+    "device_id": Flag("agent", "device_id"),
+    "log_level": Flag("agent", "log_level"),
+    "model": Flag("model", "dir"),
+    "variant": Flag("model", "variant"),
+    "task": Flag("model", "tasks", lambda v: TASK_CHOICES[v]),
+    "num_beams": Flag("model", "num_beams"),
+    "max_new_tokens": Flag("model", "max_new_tokens"),
+    "threads": Flag("model", "threads"),
+    "providers": Flag("model", "providers", lambda v: tuple(v) or None),
+    "broker": Flag("mqtt", "broker"),
+    "no_tiling": Flag("tiling", "enabled", lambda v: False if v else None),
+    "tile_size": Flag("tiling", "tile_size"),
+}
+
+
+def flag_values(params: Mapping[str, Any]) -> list[tuple[str, str, str, Any]]:
+    """[(flag, section, key, value)] for the FLAGS given in click's `params`."""
+    out = []
+    for name, value in params.items():
+        flag = FLAGS.get(name)
+        if flag is None or value is None:
+            continue
+        value = flag.convert(value) if flag.convert else value
+        if value is not None:
+            out.append(("--" + name.replace("_", "-"), flag.section, flag.key, value))
+    return out
+
+
+def resolve(config: str | os.PathLike | None, params: Mapping[str, Any] | None = None,
+            env: Mapping[str, str] | None = None) -> Settings:
+    """What `run`, `detect`, `bench` and `config show` use: the config file (--config, or
+    config_path's defaults), the environment, then the flags in `params` (click's)."""
+    env = os.environ if env is None else env
+    return _load(config_path(config, env), env, flag_values(params or {}))
 
 
 # ---------------------------------------------------------------- showing
@@ -621,53 +569,28 @@ def _toml_value(v) -> str:
         return repr(v)
     if isinstance(v, (tuple, list)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if v is None:
-        return '""'
-    return json.dumps(str(v), ensure_ascii=False)
+    return json.dumps(redact(str(v)), ensure_ascii=False)
 
 
-def _table_lines(section: str, values: dict, settings: Settings) -> list[str]:
+def _table_lines(options, settings: Settings) -> list[str]:
     lines = []
-    for k, v in values.items():
-        if (section, k) in SECRET_KEYS:
+    for f in dataclasses.fields(options):
+        v = getattr(options, f.name)
+        if isinstance(v, Secret):
             state = f"set, from {settings.password_origin}" if v else "not set"
-            lines.append(f"# {k} = ********  ({state}; secrets are never shown)")
-            continue
-        if v is None:
-            lines.append(f"# {k} = (none)")
-            continue
-        lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"# {f.name} = ********  ({state}; secrets are never shown)")
+        elif v is None:
+            lines.append(f"# {f.name} = (none)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(v)}")
     return lines
-
-
-def settings_as_dict(s: Settings) -> dict[str, Any]:
-    def plain(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-    opts = s.tiling.options
-    tiling = {"enabled": s.tiling.enabled, **(plain(opts) if opts is not None else {})}
-    return {
-        "agent": plain(s.agent),
-        "cameras": [plain(c) for c in s.cameras],
-        "model": plain(s.model),
-        "tiling": tiling,
-        "mqtt": plain(s.mqtt),
-        "spool": plain(s.spool),
-        "snapshot": plain(s.snapshot),
-        "gating": plain(s.gating),
-        "stats": plain(s.stats),
-    }
 
 
 def to_toml(s: Settings) -> str:
     """The effective configuration as TOML, secrets masked (as comments, so the output can
     be saved and checked again without carrying a bogus password)."""
-    d = settings_as_dict(s)
     out = [f"# effective edge-agent configuration (file: {s.path or 'none'}, then environment, then flags)"]
-    for section, values in d.items():
-        if section == "cameras":
-            for cam in values:
-                out += ["", "[[cameras]]"] + _table_lines("camera", cam, s)
-            continue
-        out += ["", f"[{section}]"] + _table_lines(section, values, s)
+    for name, sec in SECTIONS.items():
+        for options in getattr(s, name) if sec.many else (getattr(s, name),):
+            out += ["", f"[[{name}]]" if sec.many else f"[{name}]"] + _table_lines(options, s)
     return "\n".join(out) + "\n"

@@ -6,22 +6,23 @@
 Per call: every tile is preprocessed and goes through the vision encoder once; its image
 features are reused for each task; all (tile, task) prompts run through the text encoder
 together (right-padded, masked); then one batched KV-cached generation decodes every
-sequence (models/generate.py).  No torch is imported.
+sequence (models/generate.py, over a runner of models/runners.py).  No torch is imported.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from edge_agent.errors import ConfigError, ModelError, RuntimeFailure
-from models.generate import BufferedRunner, DecoderRunner, Generated, generate
-from models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
-from models.memory import advise_random, trim_heap
-from models.outputs import TASKS, TaskOutput
+from edge_agent.models.errors import InferenceError, ModelDirError, ModelError, ModelSettingError
+from edge_agent.models.generate import Generated, generate
+from edge_agent.models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
+from edge_agent.models.memory import advise_random, trim_heap
+from edge_agent.models.outputs import TASKS, TaskOutput
+from edge_agent.models.runners import BufferedRunner, DecoderRunner
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ class EngineOptions:
     # vision tower's activation memory.  Base int8, one 768 tile: +262 MB resident after the run
     # without, +8 MB with; the next call re-grows it (~0.05 s).
     arena_shrink: bool = True
+    # Called from inside the engine as progress(stage, done, total): "load" after each ONNX graph
+    # is loaded (total 0: not known), "vision" after each vision-encoder chunk, "encoder" after
+    # each decode chunk's text-encoder pass, "decode" after each decode chunk (text encoder +
+    # generation of its sequences).  The agent feeds the systemd watchdog from it, so a slow
+    # frame that is moving is not taken for a hung one; `edge-agent bench` times the stages by it.
+    progress: Callable[[str, int, int], None] | None = None
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -88,7 +95,7 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     for name in requested:
         full = PROVIDER_ALIASES.get(str(name).lower(), str(name))
         if not full.endswith("ExecutionProvider"):
-            raise ConfigError(f"model.providers: unknown execution provider {name!r}")
+            raise ModelSettingError(f"model.providers: unknown execution provider {name!r}")
         if full not in available:
             log.warning("execution provider %s is not available in this onnxruntime; skipping it", full)
         elif full not in chosen:
@@ -114,7 +121,7 @@ def _session(path: Path, providers: list[str], opts: EngineOptions):
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelError(f"{path}: cannot load ONNX graph: {str(exc).splitlines()[0]}") from None
+        raise ModelDirError(f"{path}: cannot load ONNX graph: {str(exc).splitlines()[0]}") from None
 
 
 _SHARED_ARENA: list = []
@@ -141,32 +148,54 @@ def _shrink_options():
     return ro
 
 
-def _run_into(session, feeds: dict, out: np.ndarray, run_options=None) -> None:
-    """Run `session` with its first output written into `out` (IO binding)."""
+def _run_into(session, feeds: dict, output: str, out: np.ndarray, run_options=None) -> None:
+    """Run `session` with its output named `output` written into `out` (IO binding)."""
     import onnxruntime as ort
 
     io = session.io_binding()
     for name, value in feeds.items():
         io.bind_cpu_input(name, value)
-    io.bind_ortvalue_output(session.get_outputs()[0].name, ort.OrtValue.ortvalue_from_numpy(out))
+    io.bind_ortvalue_output(output, ort.OrtValue.ortvalue_from_numpy(out))
     session.run_with_iobinding(io, run_options)
 
 
-def _input_dtype(session, name: str | None = None):
-    inputs = session.get_inputs()
-    t = next((i.type for i in inputs if i.name == name), inputs[0].type)
+def _input_dtype(session, name: str):
+    """numpy float dtype of the input called `name` (by name: onnx-community's graphs order their
+    inputs differently from edge-agent's, e.g. the encoder's first input is attention_mask)."""
+    t = next((i.type for i in session.get_inputs() if i.name == name), None)
+    if t is None:
+        raise ValueError(f"the graph has no input {name!r}")
     return np.float16 if "float16" in t else np.float32
+
+
+def decode_chunks(costs: Sequence[int], budget: int, batch: int = 0) -> list[tuple[int, int]]:
+    """[start, end) of each decode call over sequences whose worst-case cache bytes are `costs`:
+    `batch` sequences per call when batch > 0; else consecutive sequences while their costs fit
+    `budget` bytes (budget <= 0: all in one call); at least one sequence per call."""
+    n = len(costs)
+    if batch > 0:
+        return [(i, min(i + batch, n)) for i in range(0, n, batch)]
+    if budget <= 0:
+        return [(0, n)] if n else []
+    chunks, start, used = [], 0, 0
+    for i, cost in enumerate(costs):
+        if i > start and used + cost > budget:
+            chunks.append((start, i))
+            start, used = i, 0
+        used += cost
+    return chunks + ([(start, n)] if n else [])
 
 
 class Florence2Engine:
     def __init__(self, opts: EngineOptions):
-        from models.modeldir import open_model_dir
-        from models.preprocess import PreprocessConfig
+        from edge_agent.models.modeldir import open_model_dir
+        from edge_agent.models.preprocess import PreprocessConfig
 
         self.opts = opts
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
-        make = lambda part: _session(self.dir.onnx_path(part), self.providers, opts)  # noqa: E731
+        self._loads = 0
+        make = lambda part: self._loaded(_session(self.dir.onnx_path(part), self.providers, opts))  # noqa: E731
         self.vision, self.embed, self.encoder = make("vision_encoder"), make("embed_tokens"), make("encoder_model")
         tc = self.dir.text_config()
         heads = tc.get("decoder_attention_heads")
@@ -175,12 +204,12 @@ class Florence2Engine:
         fast = self.dir.fast_decoder_paths() if opts.fast_decoder else None
         try:
             if fast:
-                self.runner = BufferedRunner(self.embed, *(_session(p, self.providers, opts) for p in fast),
+                self.runner = BufferedRunner(self.embed, *(self._loaded(_session(p, self.providers, opts)) for p in fast),
                                              cross_run_options=self._run_options(True))
             else:
                 self.runner = DecoderRunner(self.embed, make("decoder_model_merged"), heads, head_dim)
         except ValueError as exc:
-            raise ModelError(f"{fast[1] if fast else self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
+            raise ModelDirError(f"{fast[1] if fast else self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
         self.tokenizer = self.dir.load_tokenizer()
         self.pre_cfg = PreprocessConfig.from_dir(self.dir.path)
         self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
@@ -190,8 +219,17 @@ class Florence2Engine:
         self._settle_memory()
         limit = tc.get("max_position_embeddings")
         if isinstance(limit, int) and self.settings.max_new_tokens > limit:
-            raise ConfigError(f"max_new_tokens={self.settings.max_new_tokens} exceeds the decoder's "
+            raise ModelSettingError(f"max_new_tokens={self.settings.max_new_tokens} exceeds the decoder's "
                               f"max_position_embeddings={limit} ({self.dir.path / 'config.json'})")
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        if self.opts.progress is not None:
+            self.opts.progress(stage, done, total)
+
+    def _loaded(self, session):
+        self._loads += 1
+        self._progress("load", self._loads, 0)
+        return session
 
     def _settle_memory(self) -> None:
         """Load-time memory choices.  The embedding table, when `models export`/`quantize` put it in
@@ -200,7 +238,7 @@ class Florence2Engine:
         arena's first region is theirs (a few KB): ORT never shrinks the first region of a
         kNextPowerOfTwo arena, and the vision tower's first activation made it 32 MB.  Then the
         heap is trimmed."""
-        from models.modeldir import external_data
+        from edge_agent.models.modeldir import external_data
 
         data = external_data(self.dir.onnx_path("embed_tokens"))
         if data.is_file():
@@ -209,7 +247,7 @@ class Florence2Engine:
             for task in TASKS:
                 self.prompt_embeds(task)
         except Exception as exc:  # onnxruntime's own error types
-            raise ModelError(f"{self.dir.onnx_path('embed_tokens')}: cannot run: "
+            raise ModelDirError(f"{self.dir.onnx_path('embed_tokens')}: cannot run: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         self._release_memory()  # what loading freed: base int8 437 -> 392 MB resident after loading
 
@@ -220,7 +258,7 @@ class Florence2Engine:
 
     @property
     def info(self) -> dict:
-        return {"name": self.dir.path.name, "variant": self.dir.variant.lstrip("_") or "fp32",
+        return {"name": self.dir.path.name, "variant": self.dir.label,
                 "dir": str(self.dir.path), "providers": list(self.providers),
                 "num_beams": self.settings.num_beams, "max_new_tokens": self.settings.max_new_tokens}
 
@@ -229,10 +267,10 @@ class Florence2Engine:
         """[T,3,H,W] pixel values, or a list of T uint8 HxWx3 tiles (then preprocessed one vision
         chunk at a time: a 768 tile's float pixels are 7 MB) -> [T,577,D], in chunks of
         opts.vision_batch tiles."""
-        from models.preprocess import preprocess
+        from edge_agent.models.preprocess import preprocess
 
         self._release_memory()  # the vision tower's activations are the largest: start from a trimmed heap
-        dtype = _input_dtype(self.vision)
+        dtype = _input_dtype(self.vision, "pixel_values")
         step = self._chunk(self.opts.vision_batch)
         starts = range(0, len(pixel_values), step)
         parts = []
@@ -240,22 +278,23 @@ class Florence2Engine:
             chunk = pixel_values[i:i + step]
             px = preprocess(list(chunk), self.pre_cfg) if isinstance(pixel_values, list) else chunk
             parts.append(self._run_owned(self.vision, {"pixel_values": px.astype(dtype, copy=False)},
-                                         self._run_options(i == starts[-1])))
+                                         "image_features", self._run_options(i == starts[-1])))
+            self._progress("vision", len(parts), len(starts))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def _run_owned(self, session, feeds: dict, run_options) -> np.ndarray:
-        """The session's first output, written into an array we own.  ONNX Runtime's own outputs
+    def _run_owned(self, session, feeds: dict, output: str, run_options) -> np.ndarray:
+        """The session's output named `output`, written into an array we own.  ONNX Runtime's own outputs
         live in its arena, and one that is kept pins its arena region through the shrink after a
         stage (measured: +32 MB resident after the vision stage).  The output's shape is learned
         from the first call at each input shape, whose output is copied."""
         key = (id(session), *(v.shape for v in feeds.values()))
         known = self._out_shapes.get(key)
         if known is None:
-            out = session.run(None, feeds, run_options)[0]
+            out = session.run([output], feeds, run_options)[0]
             self._out_shapes[key] = (out.shape, out.dtype)
             return np.array(out)
         out = np.empty(*known)
-        _run_into(session, feeds, out, run_options)
+        _run_into(session, feeds, output, out, run_options)
         return out
 
     def _release_memory(self) -> None:
@@ -269,14 +308,14 @@ class Florence2Engine:
         return self._shrink if last else None
 
     def prompt_ids(self, task: str) -> list[int]:
-        from models.prompts import prompt_for
+        from edge_agent.models.prompts import prompt_for
 
         return list(self.tokenizer(prompt_for(task))["input_ids"])
 
     def prompt_embeds(self, task: str) -> np.ndarray:
         if task not in self._prompt_cache:
             ids = np.asarray([self.prompt_ids(task)], np.int64)
-            emb = self.embed.run(None, {"input_ids": ids})[0][0]
+            emb = self.embed.run(["inputs_embeds"], {"input_ids": ids})[0][0]
             self._prompt_cache[task] = np.array(emb, np.float32)  # a copy: ORT's output would pin its arena
         return self._prompt_cache[task]
 
@@ -292,25 +331,23 @@ class Florence2Engine:
             prompt = prompts[r % len(tasks)]
             x[k, :n_img], x[k, n_img:n_img + len(prompt)] = feats[r // len(tasks)], prompt
             mask[k, :n_img + len(prompt)] = 1
-        dtype = _input_dtype(self.encoder)
+        dtype = _input_dtype(self.encoder, "inputs_embeds")
         step = self._chunk(self.opts.encoder_batch)
         starts = range(0, len(x), step)
-        hidden = [self._run_owned(self.encoder, {"inputs_embeds": x[i:i + step].astype(dtype, copy=False),
-                                                 "attention_mask": mask[i:i + step]}, self._run_options(i == starts[-1]))
-                  for i in starts]
-        hidden = np.concatenate(hidden)
+        # Each call is cut to its own rows' longest length (one row per call on CPU: no padding at
+        # all), so that an int8 encoder's activation scale, taken over the call's whole tensor,
+        # sees only the row itself: a row's states do not depend on the other tasks of its batch
+        # (tests/test_batch_invariance.py).  Padded positions of the result are zeros (masked).
+        hidden = np.zeros(x.shape, np.float32)
+        for i in starts:
+            n = int(mask[i:i + step].sum(1).max())
+            hidden[i:i + step, :n] = self._run_owned(
+                self.encoder, {"inputs_embeds": x[i:i + step, :n].astype(dtype, copy=False),
+                               "attention_mask": mask[i:i + step, :n]}, "last_hidden_state",
+                self._run_options(i == starts[-1]))
         del x
         self._release_memory()
         return hidden, mask
-
-    def generate_rows(self, hidden: np.ndarray, mask: np.ndarray,
-                      rows: Sequence[GenerationSettings] | None = None) -> list[Generated]:
-        """rows: settings per row (default: self.settings for all); greedy rows share each decoder call."""
-        rows = list(rows) if rows is not None else [self.settings] * len(hidden)
-        out: list[Generated] = []
-        for i, j in self._decode_chunks(rows, hidden.shape[1]):
-            out += generate(self.runner, hidden[i:j], mask[i:j], self.settings, rows[i:j])
-        return out
 
     def decode(self, feats: np.ndarray, tasks: Sequence[str], rows: Sequence[GenerationSettings]) -> list[Generated]:
         """Text encoder and generation of every (tile, task) row, one decode chunk (_decode_chunks)
@@ -318,36 +355,21 @@ class Florence2Engine:
         heap is trimmed at the end."""
         enc_len = feats.shape[1] + max(len(self.prompt_embeds(t)) for t in tasks)
         out: list[Generated] = []
-        for i, j in self._decode_chunks(rows, enc_len):
+        chunks = self._decode_chunks(rows, enc_len)
+        for k, (i, j) in enumerate(chunks, 1):
             hidden, mask = self.encode(feats, tasks, range(i, j))  # ends with a heap trim
+            self._progress("encoder", k, len(chunks))
             out += generate(self.runner, hidden, mask, self.settings, rows[i:j])
             del hidden, mask
+            self._progress("decode", k, len(chunks))
         # the decode's temporaries leave glibc's heap ~70 MB larger (3 beams, 1024 tokens)
         self._release_memory()
         return out
 
     def _decode_chunks(self, rows: Sequence[GenerationSettings], enc_len: int) -> list[tuple[int, int]]:
-        """[start, end) of each decode call: opts.decode_batch sequences, else consecutive sequences
-        while their worst-case caches (each at its own max_length, beams counted) fit
-        opts.kv_cache_mb; at least one sequence per call."""
-        n = len(rows)
-        if self.opts.decode_batch:
-            return [(i, min(i + self.opts.decode_batch, n)) for i in range(0, n, self.opts.decode_batch)]
-        if self.opts.kv_cache_mb <= 0:
-            return [(0, n)] if n else []
-        budget, chunks, start, used = self.opts.kv_cache_mb * 2**20, [], 0, 0
-        for i, r in enumerate(rows):
-            cost = self.runner.kv_bytes_per_row(r.max_length, enc_len) * r.num_beams
-            if i > start and used + cost > budget:
-                chunks.append((start, i))
-                start, used = i, 0
-            used += cost
-        return chunks + ([(start, n)] if n else [])
-
-    def task_settings(self, overrides: Mapping[str, GenerationSettings] | None, tasks: Sequence[str]):
-        """Settings per task: self.settings unless overridden (e.g. a token budget per task)."""
-        overrides = overrides or {}
-        return [overrides.get(t, self.settings) for t in tasks]
+        """decode_chunks over rows, each costing its worst-case cache (at its own max_length, beams counted)."""
+        costs = [self.runner.kv_bytes_per_row(r.max_length, enc_len) * r.num_beams for r in rows]
+        return decode_chunks(costs, self.opts.kv_cache_mb * 2**20, self.opts.decode_batch)
 
     # -- the API --------------------------------------------------------------------
     def run(self, tiles: Sequence[np.ndarray], tasks: Sequence[str] = TASKS,
@@ -356,21 +378,21 @@ class Florence2Engine:
         tasks = tuple(tasks)
         for t in tasks:
             if t not in TASKS:
-                raise ConfigError(f"unknown task {t!r}: expected one of {', '.join(TASKS)}")
+                raise ModelSettingError(f"unknown task {t!r}: expected one of {', '.join(TASKS)}")
         if not tiles or not tasks:
             return [{} for _ in tiles]
         try:
             feats = self.image_features(list(tiles))
-            seqs = self.decode(feats, tasks, self.task_settings(settings, tasks) * len(tiles))
-        except (ConfigError, ModelError):
+            seqs = self.decode(feats, tasks, [(settings or {}).get(t, self.settings) for t in tasks] * len(tiles))
+        except ModelError:
             raise
         except Exception as exc:  # onnxruntime failures at run time
-            raise RuntimeFailure(f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            raise InferenceError(f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         return [{task: self._output(task, seqs[i * len(tasks) + j], tile)
                  for j, task in enumerate(tasks)} for i, tile in enumerate(tiles)]
 
     def _output(self, task: str, seq: Generated, tile: np.ndarray) -> TaskOutput:
-        from models.parse import parse_task
+        from edge_agent.models.parse import parse_task
 
         h, w = tile.shape[:2]
         regions = parse_task(task, seq.ids, seq.probs, self.tokenizer, image_size=(w, h))

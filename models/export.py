@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge_agent.errors import ConfigError, ModelError
+from edge_agent.models.errors import ModelDirError, ModelError, ModelSettingError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ ARCHS = {
                              num_groups=(1, 2, 2, 4)),
                  text=dict(d_model=24, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                            decoder_attention_heads=3, encoder_ffn_dim=48, decoder_ffn_dim=48)),
+    # small: the demo-training size of issue 16 (8.3M parameters with the real vocabulary)
+    "small": dict(vision=dict(embed_dim=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+                              num_groups=(1, 2, 4, 8)),
+                  text=dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512)),
     "base": dict(vision=dict(embed_dim=(128, 256, 512, 1024), depths=(1, 1, 9, 1), num_heads=(4, 8, 16, 32),
                              num_groups=(4, 8, 16, 32)),
                  text=dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
@@ -86,7 +91,7 @@ def random_config(kind: str):
     from transformers import BartConfig, Florence2Config
 
     if kind not in ARCHS:
-        raise ConfigError(f"unknown random config {kind!r}: expected one of {', '.join(ARCHS)}")
+        raise ModelSettingError(f"unknown random config {kind!r}: expected one of {', '.join(ARCHS)}")
     arch = ARCHS[kind]
     text = BartConfig(
         vocab_size=TEXT_VOCAB, max_position_embeddings=1024, activation_function="gelu",
@@ -150,7 +155,7 @@ def export_vision(model, out: Path, side: int = 768) -> None:
     """side: the input resolution baked into the graph (768 as published; 384 for the low-resolution
     option, 145 image tokens instead of 577, see with_vision_side)."""
     import torch
-    from models.export_wrappers import VisionWrapper, export_layouts
+    from edge_agent.models.export_wrappers import VisionWrapper, export_layouts
 
     pixel = torch.randn(1, 3, side, side)
     with export_layouts():
@@ -160,7 +165,7 @@ def export_vision(model, out: Path, side: int = 768) -> None:
 
 def export_embed(model, out: Path) -> None:
     import torch
-    from models.export_wrappers import EmbedWrapper
+    from edge_agent.models.export_wrappers import EmbedWrapper
 
     ids = torch.tensor([[0, 574, 22486, 2]])
     _export(EmbedWrapper(model), (ids,), out / "embed_tokens.onnx", ["input_ids"], ["inputs_embeds"],
@@ -184,7 +189,7 @@ def _save_external(model, path: Path) -> None:
     """Save with every weight in the external-data file beside the graph, readable as the graph is."""
     import onnx
 
-    from models.modeldir import external_data
+    from edge_agent.models.modeldir import external_data
 
     data = external_data(path)
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
@@ -201,7 +206,7 @@ def same_mode(data: Path, graph: Path) -> None:
 
 def export_encoder(model, out: Path) -> None:
     import torch
-    from models.export_wrappers import EncoderWrapper
+    from edge_agent.models.export_wrappers import EncoderWrapper
 
     d = model.config.text_config.d_model
     emb, mask = torch.randn(2, 20, d), torch.ones(2, 20, dtype=torch.int64)
@@ -215,8 +220,8 @@ def export_encoder(model, out: Path) -> None:
 def export_decoder(model, out: Path, tmp: Path) -> None:
     import onnx
     import torch
-    from models.export_merge import merge_decoders
-    from models.export_wrappers import DecoderFirst, DecoderWithPast
+    from edge_agent.models.export_merge import merge_decoders
+    from edge_agent.models.export_wrappers import DecoderFirst, DecoderWithPast
 
     tc = model.config.text_config
     n, d, heads = tc.decoder_layers, tc.d_model, tc.decoder_attention_heads
@@ -246,7 +251,7 @@ def export_decoder(model, out: Path, tmp: Path) -> None:
 
 def export_fast_decoder(model, out: Path) -> None:
     """edge-agent's fast decoder (decoder_cross_kv + decoder_step, models/export_step.py)."""
-    from models.export_step import CROSS_PART, STEP_PART, build_cross_kv, build_step, decoder_weights
+    from edge_agent.models.export_step import CROSS_PART, STEP_PART, build_cross_kv, build_step, decoder_weights
 
     w = decoder_weights(model)
     save_onnx(build_cross_kv(w), out / f"{CROSS_PART}.onnx")
@@ -272,7 +277,7 @@ def write_json(path: Path, data: dict) -> None:
 def copy_tokenizer(src: Path, out: Path) -> None:
     src = Path(src)
     if not (src / "vocab.json").is_file() and not (src / "tokenizer.json").is_file():
-        raise ModelError(f"{src}: no tokenizer files (vocab.json or tokenizer.json)")
+        raise ModelDirError(f"{src}: no tokenizer files (vocab.json or tokenizer.json)")
     # tokenizer.json holds the vocabulary and merges too: with it, vocab.json/merges.txt are not copied
     skip = ("vocab.json", "merges.txt") if (src / "tokenizer.json").is_file() else ()
     for name in TOKENIZER_FILES:
@@ -281,14 +286,15 @@ def copy_tokenizer(src: Path, out: Path) -> None:
 
 
 def export_model(model, out_dir, tokenizer_dir=None, generation_config: dict | None = None,
-                 preprocessor_config: dict | None = None) -> Path:
-    """Write the whole onnx-community layout for a native model into out_dir."""
+                 preprocessor_config: dict | None = None, side: int = 768) -> Path:
+    """Write the whole onnx-community layout for a native model into out_dir.  side: the vision
+    tower's input (preprocessor_config should say the same size)."""
     out = Path(out_dir)
     onnx_dir = out / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     with tempfile.TemporaryDirectory() as tmp:
-        export_vision(model, onnx_dir)
+        export_vision(model, onnx_dir, side)
         export_embed(model, onnx_dir)
         export_encoder(model, onnx_dir)
         export_decoder(model, onnx_dir, Path(tmp))
@@ -312,26 +318,75 @@ def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ModelError(f"{path}: cannot read JSON: {exc}") from None
+        raise ModelDirError(f"{path}: cannot read JSON: {exc}") from None
+
+
+CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
+
+
+def is_hub_id(src) -> bool:
+    """'owner/name' that is not a local folder: a Hugging Face Hub repository id."""
+    text = str(src)
+    return not Path(text).expanduser().exists() and text.count("/") == 1 and all(text.split("/")) \
+        and not text.startswith((".", "/", "~"))
+
+
+def download_checkpoint(repo: str) -> Path:
+    """A Hub checkpoint (config, weights, tokenizer, processor files) in huggingface_hub's cache."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ModelError(f"--from {repo}: downloading needs huggingface_hub: pip install 'edge-agent[pull]'") from None
+    from edge_agent.models.pull import is_network_error, network_failure
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id=repo, allow_patterns=list(CHECKPOINT_PATTERNS)))
+    except Exception as exc:
+        if is_network_error(huggingface_hub, exc):
+            raise network_failure(huggingface_hub, repo, exc) from None
+        raise
 
 
 def export_from_checkpoint(src, out_dir, tokenizer_dir=None) -> Path:
-    """A checkpoint saved with `Florence2ForConditionalGeneration.save_pretrained`, exported.
-    Its tokenizer, preprocessor and generation configs are copied when present."""
+    """A checkpoint saved with `Florence2ForConditionalGeneration.save_pretrained` (a folder, or an
+    owner/name Hub id, downloaded first), exported.  Its tokenizer, preprocessor and generation
+    configs are copied when present.  florence-community's checkpoints work as they are: their
+    embedding table has 51328 rows (the 51289-token vocabulary, the `<image>` token, padding to a
+    multiple of 64), which the graphs keep; the tokenizer comes with its `<image>` token."""
     from transformers import Florence2ForConditionalGeneration
 
-    src = Path(src)
+    if is_hub_id(src):
+        src = download_checkpoint(str(src))
+    src = Path(src).expanduser()
     if not (src / "config.json").is_file():
-        raise ModelError(f"{src / 'config.json'}: not found (expected a saved transformers Florence-2 checkpoint)")
+        raise ModelDirError(f"{src / 'config.json'}: not found (expected a saved transformers Florence-2 checkpoint)")
     try:
         model = Florence2ForConditionalGeneration.from_pretrained(str(src))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{src}: cannot load a Florence-2 checkpoint: {exc}") from None
+        raise ModelDirError(f"{src}: cannot load a Florence-2 checkpoint: {str(exc).splitlines()[0]}") from None
     gen = _read_json(src / "generation_config.json")
     pre = _read_json(src / "preprocessor_config.json")
     if tokenizer_dir is None and ((src / "vocab.json").is_file() or (src / "tokenizer.json").is_file()):
         tokenizer_dir = src
-    return export_model(model, out_dir, tokenizer_dir, gen, pre)
+    return export_model(model, out_dir, tokenizer_dir, gen and _generation_only(gen), pre, side=_square_side(pre, src))
+
+
+def _square_side(pre: dict | None, src: Path) -> int:
+    """The input side a checkpoint's preprocessor_config.json asks for (768 without one), so that
+    the vision graph matches it (a `models finetune --image-size 384` checkpoint says 384)."""
+    size = (pre or {}).get("size") or {"height": 768, "width": 768}
+    try:
+        h, w = int(size["height"]), int(size["width"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelDirError(f"{src / 'preprocessor_config.json'}: size must be {{'height': H, 'width': W}}") from None
+    if h != w or h % 32:
+        raise ModelDirError(f"{src / 'preprocessor_config.json'}: size {h}x{w}: expected a square multiple of 32")
+    return h
+
+
+def _generation_only(gen: dict) -> dict:
+    """generation_config.json without transformers' bookkeeping keys (the engine reads the rest)."""
+    return {k: v for k, v in gen.items() if not k.startswith("_") and k != "transformers_version"}
 
 
 def with_vision_side(src_dir, out_dir, model, side: int) -> Path:

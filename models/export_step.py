@@ -11,11 +11,12 @@
 Why: in the onnx-community `decoder_model_merged` each step appends to the self-attention
 cache with `Concat` (copying the whole cache every step) and transposes the cross-attention
 keys.  Here both attentions are com.microsoft `GroupQueryAttention` nodes.  Self-attention
-writes the new key/value in place into the buffer (models/generate.py, BufferedRunner).
+writes the new key/value in place into the buffer (models/runners.py, BufferedRunner).
 Cross-attention treats the stored keys/values as GQA's "past" of length S, with a dummy zero
 key/value written into a spare slot S that the bias masks; in the int8 variant
-(make_int8_kv) they are stored as int8 with per-channel scales computed from the batch,
-which GQA's CPU kernel reads directly: a quarter of the memory and of the bytes per step.
+(int8_cross_kv_graph/_step) they are stored as int8 with a scale per row and channel (so that a
+row's values do not depend on its batch), which GQA's CPU kernel reads directly: a quarter of
+the memory and of the bytes per step.
 
 The arithmetic is the with-past step of `models/export_wrappers.DecoderWithPast` (BART:
 post-LayerNorm layers, learned positions at offset 2, lm_head without bias).  Needs numpy
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-F32, F16, I64, I32 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.INT32
+F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
 OPSET = 17
 POS_OFFSET = 2  # BART's learned positions start at index 2 (models/export_wrappers.py)
 STEP_PART, CROSS_PART = "decoder_step", "decoder_cross_kv"
@@ -70,8 +71,7 @@ class DecoderWeights:
     positions: np.ndarray  # [max_pos + 2, D]
     embed_norm: Norm
     layers: list
-    lm_head: np.ndarray  # [V, D]
-    activation: str = "gelu"
+    lm_head: np.ndarray  # [V, D]  (the activation is gelu: decoder_weights refuses others)
 
     @property
     def d_model(self) -> int:
@@ -240,17 +240,24 @@ INT8 = TensorProto.INT8
 
 def int8_cross_kv_graph(model):
     """decoder_cross_kv with int8 outputs: each cross.{i}.{key,value} [B,H,S+1,Dh] becomes
-    round(x / scale) clipped to +-127, scale = max |x| over the batch and positions / 127, per
-    head channel ([1,H,1,Dh], output cross.{i}.{key,value}_scale).  In place; returns model."""
+    round(x / scale) clipped to +-127, with scale = max |x| / 127 per row and head channel, over
+    the row's attended positions only ([B,H,1,Dh], output cross.{i}.{key,value}_scale; new input
+    encoder_attention_mask [B,S]).  Per row, so that a sequence's keys and values do not depend on
+    the other rows of its batch nor on how far the batch pads it.  In place; returns model."""
     g = _Graph()
     g._n = len(model.graph.node) + 1000
     outs = list(model.graph.output)
     del model.graph.output[:]
+    model.graph.input.append(helper.make_tensor_value_info("encoder_attention_mask", I64,
+                                                           ["batch_size", "encoder_sequence_length"]))
+    # [B,S] -> [B,1,S+1,1] float: 1 on attended positions, 0 on padding and on the spare slot
+    m = g.op("Pad", ["encoder_attention_mask", g.const("pads_m", np.asarray([0, 0, 0, 1], np.int64))])
+    m = g.op("Unsqueeze", [g.op("Cast", [m], to=F32), g.const("axes13", np.asarray([1, 3], np.int64))], "attended")
     for out in outs:
         x = out.name + "_f32"
         for node in model.graph.node:
             node.output[:] = [x if o == out.name else o for o in node.output]
-        peak = g.op("ReduceMax", [g.op("Abs", [x])], axes=[0, 2], keepdims=1)
+        peak = g.op("ReduceMax", [g.op("Mul", [g.op("Abs", [x]), m])], axes=[2], keepdims=1)
         scale = g.op("Max", [g.op("Div", [peak, g.const("q127", np.asarray(127.0, np.float32))]),
                              g.const("tiny", np.asarray(1e-12, np.float32))])
         g.nodes.append(helper.make_node("Identity", [scale], [out.name + "_scale"], name=g.name("n_Identity")))
@@ -259,29 +266,70 @@ def int8_cross_kv_graph(model):
         g.nodes.append(helper.make_node("Cast", [q], [out.name], name=g.name("n_Cast"), to=INT8))
         dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
         model.graph.output.append(helper.make_tensor_value_info(out.name, INT8, dims))
-        model.graph.output.append(helper.make_tensor_value_info(out.name + "_scale", F32, [1, dims[1], 1, dims[3]]))
+        model.graph.output.append(helper.make_tensor_value_info(out.name + "_scale", F32, [dims[0], dims[1], 1, dims[3]]))
     model.graph.node.extend(g.nodes)
     model.graph.initializer.extend(g.inits)
     return model
 
 
 def int8_cross_kv_step(model):
-    """decoder_step reading int8 cross keys/values: the cross GroupQueryAttention nodes get
-    T_CACHE int8 with per-channel k_scale/v_scale inputs (GQA's quantized-cache mode).  In place."""
-    scale_inputs = []
+    """decoder_step reading int8 cross keys/values with per-row scales cross.{i}.{key,value}_scale
+    [B,H,1,Dh].  The cross GroupQueryAttention nodes read the int8 keys/values directly (T_CACHE
+    int8, GQA's quantized-cache mode, scales of 1); the row scales are applied outside, exactly:
+    q . (s_k * k) = (q * s_k) . k, so the query is multiplied by the key scales, and
+    sum_t p_t (s_v * v_t) = s_v * sum_t p_t v_t, so the attention output by the value scales.
+    In place; returns model."""
+    g = _Graph()
+    g._n = len(model.graph.node) + 1000
+    scale_inputs, heads, dh = [], None, None
     for vi in list(model.graph.input) + list(model.graph.output):
         if vi.name.startswith("cross.") or (vi.name.startswith("present.") and ".cross." in vi.name):
             vi.type.tensor_type.elem_type = INT8
             if vi.name.startswith("cross."):
                 dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-                scale_inputs.append(helper.make_tensor_value_info(vi.name + "_scale", F32, [1, dims[1], 1, dims[3]]))
+                heads, dh = dims[1], dims[3]
+                scale_inputs.append(helper.make_tensor_value_info(vi.name + "_scale", F32, [dims[0], dims[1], 1, dims[3]]))
     model.graph.input.extend(scale_inputs)
+    ones = g.const("unit_scale", np.ones((1, heads, 1, dh), np.float32))
+    flat = g.shape_const([0, 1, heads * dh])
+
+    def per_row(name):  # [B,H,1,Dh] -> [B,1,H*Dh], the layout of a [B,1,D] activation
+        return g.op("Reshape", [g.op("Transpose", [name], perm=[0, 2, 1, 3]), flat], name.replace(".", "_") + "_row")
+
     for node in model.graph.node:
         if node.op_type == "GroupQueryAttention" and node.input[3].startswith("cross."):
+            key, value = node.input[3], node.input[4]
+            q = g.op("Mul", [node.input[0], per_row(key + "_scale")], "cross_q_scaled")
             ins = list(node.input) + [""] * (14 - len(node.input))
-            ins[12], ins[13] = node.input[3] + "_scale", node.input[4] + "_scale"
+            ins[0], ins[12], ins[13] = q, ones, ones
             node.input[:] = ins
+            out = node.output[0]
+            raw = out + "_unscaled"
+            node.output[0] = raw
+            g.nodes.append(helper.make_node("Mul", [raw, per_row(value + "_scale")], [out], name=g.name("n_Mul")))
             node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
                                    helper.make_attribute("v_quant_type", "PER_CHANNEL"),
                                    helper.make_attribute("kv_cache_bit_width", 8)])
+    model.graph.initializer.extend(g.inits)
+    _insert_sorted(model.graph, g.nodes)
     return model
+
+
+def _insert_sorted(graph, new_nodes) -> None:
+    """Add new_nodes to graph and put all nodes in a topological order (ONNX requires one)."""
+    nodes = list(graph.node) + list(new_nodes)
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, pending = [], nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input at {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import read_json
+from edge_agent.models.errors import ModelDirError, ModelSettingError
+from edge_agent.models.modeldir import read_json
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class GenerationSettings:
                 min_new_tokens=int(d.get("min_new_tokens", 0)),
             )
         except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source}: bad generation setting: {exc}") from None
+            raise ModelDirError(f"{source}: bad generation setting: {exc}") from None
         return s.validated(source)
 
     @classmethod
@@ -109,19 +109,19 @@ class GenerationSettings:
         known = {f.name for f in fields(self)}
         for key in overrides:
             if key not in known:
-                raise ConfigError(f"unknown generation setting {key!r}")
+                raise ModelSettingError(f"unknown generation setting {key!r}")
         changed = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **changed).validated("generation override") if changed else self
 
     def validated(self, source: str) -> "GenerationSettings":
         if self.num_beams < 1:
-            raise ConfigError(f"{source}: num_beams must be >= 1, got {self.num_beams}")
+            raise ModelSettingError(f"{source}: num_beams must be >= 1, got {self.num_beams}")
         if self.max_new_tokens < 1:
-            raise ConfigError(f"{source}: max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ModelSettingError(f"{source}: max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"{source}: no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+            raise ModelSettingError(f"{source}: no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.early_stopping not in (True, False, "never"):
-            raise ConfigError(f"{source}: early_stopping must be true, false or \"never\", got {self.early_stopping!r}")
+            raise ModelSettingError(f"{source}: early_stopping must be true, false or \"never\", got {self.early_stopping!r}")
         return self
 
     def to_transformers(self) -> dict:

@@ -1,10 +1,11 @@
-"""Read an ONNX file's graph inputs, outputs, nodes and initializer shapes without
-loading its weights.
+"""Read an ONNX file's graph inputs, outputs, nodes, operator types and initializer shapes
+without loading its weights, and without the `onnx` package (the runtime install lacks it).
 
 An ONNX file is one protobuf `ModelProto`.  We walk the wire format over an mmap and
-skip every length-delimited field we do not need (initializer bytes are never copied),
-then parse the small messages (ValueInfoProto, NodeProto) with onnx's own classes.  A
-full-size Florence-2 vision encoder (~360 MB) is scanned in milliseconds.
+skip every length-delimited field we do not need (initializer bytes are never copied).
+The few messages we read (ValueInfoProto, NodeProto, the external-data entries of a
+TensorProto) are decoded here by field number, from onnx/onnx.proto.  A full-size
+Florence-2 vision encoder (~360 MB) is scanned in milliseconds.
 """
 from __future__ import annotations
 
@@ -13,9 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # field numbers from onnx/onnx.proto
-_MODEL_GRAPH = 7
+_MODEL_OPSET_IMPORT, _MODEL_GRAPH = 8, 7
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 5, 11, 12
 _TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL = 1, 2, 8, 13
+_NODE_INPUT, _NODE_OUTPUT, _NODE_NAME, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 3, 4, 5, 7
+_ATTR_G, _ATTR_GRAPHS = 6, 11
+_VI_NAME, _VI_TYPE = 1, 2
+_TYPE_TENSOR = 1
+_TT_ELEM_TYPE, _TT_SHAPE = 1, 2
+_SHAPE_DIM = 1
+_DIM_VALUE, _DIM_PARAM = 1, 2
+
+# onnx.TensorProto.DataType
+DTYPE_NAMES = {0: "undefined", 1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
+               7: "int64", 8: "string", 9: "bool", 10: "float16", 11: "double", 12: "uint32", 13: "uint64",
+               14: "complex64", 15: "complex128", 16: "bfloat16", 21: "uint4", 22: "int4"}
 
 
 class OnnxFormatError(ValueError):
@@ -28,20 +41,34 @@ class TensorInfo:
     elem_type: int  # onnx.TensorProto data type
     shape: tuple  # ints for static dims, str for symbolic, None for unknown
 
-    def describe(self) -> str:
-        import onnx
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES.get(self.elem_type, f"dtype{self.elem_type}")
 
+    def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}[{dims}] {onnx.helper.tensor_dtype_to_string(self.elem_type).replace('TensorProto.', '').lower()}"
+        return f"{self.name}[{dims}] {self.dtype_name}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    op_type: str
+    domain: str
+    input: tuple[str, ...]
+    output: tuple[str, ...]
+    name: str = ""
 
 
 @dataclass
 class GraphMeta:
     inputs: list[TensorInfo] = field(default_factory=list)
     outputs: list[TensorInfo] = field(default_factory=list)
-    nodes: list = field(default_factory=list)  # onnx.NodeProto, top level only
+    nodes: list[NodeInfo] = field(default_factory=list)  # top level only
     initializers: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)  # name -> (dtype, dims)
     external_files: set[str] = field(default_factory=set)  # external-data locations, relative to the model
+    # location -> bytes the file must hold (largest offset + length of the tensors stored there)
+    external_sizes: dict[str, int] = field(default_factory=dict)
+    op_types: set[str] = field(default_factory=set)  # every node's op_type, subgraphs (If branches) included
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
@@ -84,67 +111,127 @@ def _fields(buf, start: int, end: int):
         raise OnnxFormatError("message overruns its length")
 
 
-def _tensor_info(vi) -> TensorInfo:
-    t = vi.type.tensor_type
-    shape = None
-    if t.HasField("shape"):
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-    return TensorInfo(vi.name, t.elem_type, shape if shape is not None else ())
+def _text(buf, span) -> str:
+    return bytes(buf[span[0]:span[1]]).decode("utf-8", "replace")
 
 
-def _external_location(buf, span) -> str | None:
-    """`location` value of one StringStringEntryProto (key 1, value 2), else None."""
-    key = value = None
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _dim(buf, span):
     for num, wire, val in _fields(buf, *span):
-        if wire == 2 and num in (1, 2):
-            text = bytes(buf[val[0]:val[1]]).decode("utf-8", "replace")
-            key, value = (text, value) if num == 1 else (key, text)
-    return value if key == "location" else None
+        if num == _DIM_VALUE and wire == 0:
+            return _signed(val)
+        if num == _DIM_PARAM and wire == 2:
+            return _text(buf, val) or None
+    return None
 
 
-def _initializer(buf, span, external: set) -> tuple[str, int, tuple[int, ...]]:
-    name, dtype, dims = "", 0, []
+def _value_info(buf, span) -> TensorInfo:
+    name, elem, shape = "", 0, ()
+    for num, wire, val in _fields(buf, *span):
+        if num == _VI_NAME and wire == 2:
+            name = _text(buf, val)
+        elif num == _VI_TYPE and wire == 2:
+            for tnum, twire, tval in _fields(buf, *val):
+                if tnum != _TYPE_TENSOR or twire != 2:
+                    continue
+                for f, w, v in _fields(buf, *tval):
+                    if f == _TT_ELEM_TYPE and w == 0:
+                        elem = v
+                    elif f == _TT_SHAPE and w == 2:
+                        shape = tuple(_dim(buf, d) for n, dw, d in _fields(buf, *v) if n == _SHAPE_DIM and dw == 2)
+    return TensorInfo(name, elem, shape)
+
+
+def _node(buf, span, op_types: set) -> NodeInfo:
+    ins, outs, name, op, domain = [], [], "", "", ""
+    for num, wire, val in _fields(buf, *span):
+        if wire != 2:
+            continue
+        if num == _NODE_INPUT:
+            ins.append(_text(buf, val))
+        elif num == _NODE_OUTPUT:
+            outs.append(_text(buf, val))
+        elif num == _NODE_NAME:
+            name = _text(buf, val)
+        elif num == _NODE_OP_TYPE:
+            op = _text(buf, val)
+        elif num == _NODE_DOMAIN:
+            domain = _text(buf, val)
+        elif num == _NODE_ATTRIBUTE:
+            for anum, awire, aval in _fields(buf, *val):
+                if anum in (_ATTR_G, _ATTR_GRAPHS) and awire == 2:
+                    _graph(buf, aval, op_types=op_types)  # subgraph: only its operator types are kept
+    op_types.add(op)
+    return NodeInfo(op, domain, tuple(ins), tuple(outs), name)
+
+
+def _external(buf, span) -> dict[str, str]:
+    """One StringStringEntryProto (key 1, value 2) as {key: value}."""
+    key = value = ""
+    for num, wire, val in _fields(buf, *span):
+        if wire == 2 and num == 1:
+            key = _text(buf, val)
+        elif wire == 2 and num == 2:
+            value = _text(buf, val)
+    return {key: value}
+
+
+def _initializer(buf, span, meta: GraphMeta) -> tuple[str, int, tuple[int, ...]]:
+    name, dtype, dims, ext = "", 0, [], {}
     for num, wire, val in _fields(buf, *span):
         if num == _TENSOR_EXTERNAL and wire == 2:
-            location = _external_location(buf, val)
-            if location:
-                external.add(location)
-        if num == _TENSOR_DIMS and wire == 0:
-            dims.append(val)
+            ext.update(_external(buf, val))
+        elif num == _TENSOR_DIMS and wire == 0:
+            dims.append(_signed(val))
         elif num == _TENSOR_DIMS and wire == 2:  # packed
             p, e = val
             while p < e:
                 d, p = _varint(buf, p)
-                dims.append(d)
+                dims.append(_signed(d))
         elif num == _TENSOR_DATA_TYPE and wire == 0:
             dtype = val
         elif num == _TENSOR_NAME and wire == 2:
-            name = bytes(buf[val[0]:val[1]]).decode("utf-8", "replace")
+            name = _text(buf, val)
+    location = ext.get("location")
+    if location:
+        meta.external_files.add(location)
+        try:
+            end = int(ext.get("offset", 0) or 0) + int(ext["length"])
+        except (KeyError, ValueError):
+            end = 0  # no length recorded: the reader takes the rest of the file
+        meta.external_sizes[location] = max(meta.external_sizes.get(location, 0), end)
     return name, dtype, tuple(dims)
 
 
-def _graph(buf, span) -> GraphMeta:
-    import onnx
-
+def _graph(buf, span, op_types: set | None = None) -> GraphMeta:
+    """A GraphProto.  With op_types given (a subgraph), only operator types are collected."""
+    sub = op_types is not None
     meta = GraphMeta()
+    types = op_types if sub else meta.op_types
     for num, wire, val in _fields(buf, *span):
         if wire != 2:
             continue
-        raw = lambda: bytes(buf[val[0]:val[1]])  # noqa: E731
-        if num == _GRAPH_INPUT:
-            meta.inputs.append(_tensor_info(onnx.ValueInfoProto.FromString(raw())))
+        if num == _GRAPH_NODE:
+            node = _node(buf, val, types)
+            if not sub:
+                meta.nodes.append(node)
+        elif sub:
+            continue
+        elif num == _GRAPH_INPUT:
+            meta.inputs.append(_value_info(buf, val))
         elif num == _GRAPH_OUTPUT:
-            meta.outputs.append(_tensor_info(onnx.ValueInfoProto.FromString(raw())))
-        elif num == _GRAPH_NODE:
-            meta.nodes.append(onnx.NodeProto.FromString(raw()))
+            meta.outputs.append(_value_info(buf, val))
         elif num == _GRAPH_INITIALIZER:
-            name, dtype, dims = _initializer(buf, val, meta.external_files)
+            name, dtype, dims = _initializer(buf, val, meta)
             meta.initializers[name] = (dtype, dims)
     return meta
 
 
 def read_graph_meta(path) -> GraphMeta:
-    """Inputs, outputs, top-level nodes and initializer shapes of an .onnx file."""
+    """Inputs, outputs, top-level nodes, operator types and initializer shapes of an .onnx file."""
     path = Path(path)
     with open(path, "rb") as f:
         if path.stat().st_size == 0:
@@ -159,9 +246,24 @@ def read_graph_meta(path) -> GraphMeta:
                 if graph is None:
                     raise OnnxFormatError("no graph in file")
                 return graph
-            except Exception as exc:  # protobuf DecodeError, index errors on garbage
-                if isinstance(exc, OnnxFormatError):
-                    raise
+            except OnnxFormatError:
+                raise
+            except (IndexError, ValueError, UnicodeError) as exc:  # garbage that looks like protobuf
                 raise OnnxFormatError(f"not a valid ONNX model: {exc}") from None
             finally:
                 view.release()
+
+
+def missing_external_data(path, meta: GraphMeta | None = None) -> str | None:
+    """Why the graph's external-data files are incomplete (missing, or shorter than the tensors stored
+    in them say), else None."""
+    path = Path(path)
+    meta = meta if meta is not None else read_graph_meta(path)
+    for location in sorted(meta.external_files):
+        data = path.parent / location
+        if not data.is_file():
+            return f"its weights file {location} is missing (expected in {path.parent})"
+        need, have = meta.external_sizes.get(location, 0), data.stat().st_size
+        if have < need:
+            return f"its weights file {location} is truncated: {have} bytes, the graph needs {need}"
+    return None

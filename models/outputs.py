@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tiling.regions import Regions
+from edge_agent.tiling.regions import Regions
 
 TASKS = ("od", "ocr")  # short names used in config, CLI and results
 

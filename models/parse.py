@@ -26,8 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_agent.errors import ConfigError
-from tiling.regions import Regions
+from edge_agent.models.errors import ModelSettingError
+from edge_agent.models.tokens import Tokenizer
+from edge_agent.tiling.regions import Regions
 
 # The reference's patterns (processing_florence2.py).  Run with re.finditer they are
 # quadratic in the text length: a 1024-token degenerate output ("bottle bottle ...") takes
@@ -78,7 +79,7 @@ _CHAR_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 _BYTE_LEVEL = weakref.WeakKeyDictionary()  # tokenizer -> bool
 
 
-def _is_byte_level(tokenizer) -> bool:
+def _is_byte_level(tokenizer: Tokenizer) -> bool:
     try:
         return _BYTE_LEVEL[tokenizer]
     except (KeyError, TypeError):
@@ -102,7 +103,7 @@ def _token_bytes(token: str) -> bytes:
         return token.encode("utf-8")
 
 
-def _tokens(token_ids: Sequence[int], tokenizer) -> list[tuple[int, str]]:
+def _tokens(token_ids: Sequence[int], tokenizer: Tokenizer) -> list[tuple[int, str]]:
     """(index in token_ids, token string) for ids the tokenizer knows; others are skipped."""
     n = len(tokenizer)
     idx = [i for i, t in enumerate(token_ids) if 0 <= int(t) < n]
@@ -110,7 +111,7 @@ def _tokens(token_ids: Sequence[int], tokenizer) -> list[tuple[int, str]]:
     return [(i, t) for i, t in zip(idx, toks) if t is not None]
 
 
-def decode_tracked(token_ids: Sequence[int], tokenizer) -> TrackedText:
+def decode_tracked(token_ids: Sequence[int], tokenizer: Tokenizer) -> TrackedText:
     """`tokenizer.decode(ids, skip_special_tokens=False)` with the source token of each character."""
     toks = _tokens(token_ids, tokenizer)
     if not _is_byte_level(tokenizer):
@@ -136,7 +137,7 @@ def decode_tracked(token_ids: Sequence[int], tokenizer) -> TrackedText:
     return TrackedText("".join(chars), tuple(owners), carried)
 
 
-def _decode_per_token(toks, tokenizer) -> TrackedText:
+def _decode_per_token(toks, tokenizer: Tokenizer) -> TrackedText:
     special = set(getattr(tokenizer, "all_special_tokens", ()))
     text, owners = [], []
     for i, tok in toks:
@@ -283,7 +284,8 @@ def parse_ocr(t: TrackedText, probs, image_size) -> Regions:
     return Regions.from_quads(np.asarray(quads), np.asarray(scores), texts)
 
 
-def parse_task(task: str, token_ids: Sequence[int], token_probs, tokenizer, image_size=(768, 768)) -> Regions:
+def parse_task(task: str, token_ids: Sequence[int], token_probs, tokenizer: Tokenizer,
+               image_size=(768, 768)) -> Regions:
     """Parse one generated sequence (decoder start token included) into the tile's pixels.
 
     `token_probs[i]` is the probability of the token chosen at position i (1.0 for the
@@ -291,7 +293,7 @@ def parse_task(task: str, token_ids: Sequence[int], token_probs, tokenizer, imag
     """
     kind = _TASKS.get(task)
     if kind is None:
-        raise ConfigError(f"unknown task {task!r}: expected 'od' or 'ocr'")
+        raise ModelSettingError(f"unknown task {task!r}: expected 'od' or 'ocr'")
     text = strip_markers(decode_tracked(list(token_ids), tokenizer))
     size = (float(image_size[0]), float(image_size[1]))
     return parse_od(text, token_probs, size) if kind == "od" else parse_ocr(text, token_probs, size)

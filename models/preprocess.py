@@ -26,9 +26,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from edge_agent.errors import ModelError
+from edge_agent.models.errors import ModelDirError
 
-log = logging.getLogger(f"edge_agent.{__name__}")
+log = logging.getLogger(__name__)
 
 FILENAME = "preprocessor_config.json"
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -54,29 +54,29 @@ class PreprocessConfig:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ModelError(f"{file}: cannot read JSON: {exc}") from None
+            raise ModelDirError(f"{file}: cannot read JSON: {exc}") from None
         return cls.from_dict(data, file)
 
     @classmethod
     def from_dict(cls, data: dict, source="preprocessor_config") -> "PreprocessConfig":
         if not isinstance(data, dict):
-            raise ModelError(f"{source}: expected a JSON object")
+            raise ModelDirError(f"{source}: expected a JSON object")
         d = cls()
         try:
             if data.get("do_resize", True) is False:
-                raise ModelError(f"{source}: do_resize=false is not supported (the model needs a fixed size)")
+                raise ModelDirError(f"{source}: do_resize=false is not supported (the model needs a fixed size)")
             if data.get("do_center_crop"):
-                raise ModelError(f"{source}: do_center_crop=true is not supported")
+                raise ModelDirError(f"{source}: do_center_crop=true is not supported")
             size = data.get("size", {"height": d.size[0], "width": d.size[1]})
             if not (isinstance(size, dict) and "height" in size and "width" in size):
-                raise ModelError(f"{source}: size must be {{'height': H, 'width': W}}, got {size!r}")
+                raise ModelDirError(f"{source}: size must be {{'height': H, 'width': W}}, got {size!r}")
             resample = int(data.get("resample", d.resample))
             if resample not in _RESAMPLE_NAMES:
-                raise ModelError(f"{source}: unknown resample {resample!r}")
+                raise ModelDirError(f"{source}: unknown resample {resample!r}")
             mean = tuple(float(v) for v in data.get("image_mean", d.mean))
             std = tuple(float(v) for v in data.get("image_std", d.std))
             if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-                raise ModelError(f"{source}: image_mean/image_std must be 3 numbers (std > 0)")
+                raise ModelDirError(f"{source}: image_mean/image_std must be 3 numbers (std > 0)")
             return cls(
                 size=(int(size["height"]), int(size["width"])),
                 mean=mean,
@@ -87,7 +87,7 @@ class PreprocessConfig:
                 do_normalize=bool(data.get("do_normalize", True)),
             )
         except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source}: bad value: {exc}") from None
+            raise ModelDirError(f"{source}: bad value: {exc}") from None
 
 
 def _check_image(i: int, img) -> np.ndarray:

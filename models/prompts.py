@@ -8,7 +8,7 @@ tests/test_parse.py checks these strings against that source.
 """
 from __future__ import annotations
 
-from edge_agent.errors import ConfigError
+from edge_agent.models.errors import ModelSettingError
 
 TASK_TOKENS = {"od": "<OD>", "ocr": "<OCR_WITH_REGION>"}
 
@@ -24,4 +24,4 @@ def prompt_for(task: str) -> str:
     try:
         return _PROMPTS[token]
     except KeyError:
-        raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASK_TOKENS)}") from None
+        raise ModelSettingError(f"unknown task {task!r}: expected one of {', '.join(TASK_TOKENS)}") from None

@@ -1,9 +1,17 @@
 """`edge-agent models quantize DIR --dtype int8|q4|fp16`: write a suffixed variant of the
 fp32 graphs next to them, all four parts, in onnx-community's naming.
 
-- int8: onnxruntime `quantize_dynamic`, int8 weights, activations quantized at run time
-  (`EnableSubgraph` so the two branches of decoder_model_merged's `If` are quantized too).
-  -> `*_int8.onnx`.  Parts with nothing to quantize are still written (a copy).
+- int8: the decoders (decoder_model_merged, also inside its `If` branches, and the fast
+  decoder's graphs) weight-only 8-bit, block-wise (block 32, symmetric) with onnxruntime's
+  `MatMulNBitsQuantizer` (MatMul -> MatMulNBits bits 8), and the fast decoder's int8
+  cross-attention keys/values with a scale per row; vision_encoder and encoder_model:
+  `quantize_dynamic` (MatMulInteger, Conv kept fp32), embed_tokens' Gather: int8 weights.  No
+  activation is quantized with one scale over several rows, as the engine calls the vision
+  tower and text encoder one tile / one unpadded row at a time on CPU: a (tile, task) sequence
+  gets the same tokens alone as in any batch (tests/test_batch_invariance.py; before issue 11
+  `quantize_dynamic` on the decoders made a row's tokens depend on its batch).  With
+  `vision_batch`/`encoder_batch` above 1 the vision and encoder stages are not batch-invariant.
+  -> `*_int8.onnx`.
 - q4:   4-bit block-wise weights (block 32, symmetric) with onnxruntime's
   `MatMulNBitsQuantizer`: MatMul -> MatMulNBits, and in embed_tokens the Gather ->
   GatherBlockQuantized; `accuracy_level=4` lets CPUs with int8 dot products use them.
@@ -25,10 +33,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import FAST_PARTS, PARTS, external_data, graph_bytes
+from edge_agent.models.errors import ModelDirError, ModelError, ModelSettingError
+from edge_agent.models.modeldir import FAST_PARTS, PARTS, external_data, graph_bytes
 
-log = logging.getLogger(f"edge_agent.{__name__}")
+log = logging.getLogger(__name__)
 
 DTYPES = {"int8": "_int8", "q4": "_q4", "fp16": "_fp16"}
 Q4_BLOCK = 32
@@ -36,6 +44,21 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf files cannot exceed 2 GB
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
+    """The decoders: weight-only 8-bit (MatMulNBits), no activation quantized over the batch.  The
+    vision tower and the text encoder: dynamic int8 (MatMulInteger), 2.2x faster there (they are
+    compute-bound; base, one tile / one 590-token row: vision 12-16 vs 23-29 s, encoder 0.9-1.0 vs
+    2.1-2.5 s at load 15-17) and batch-invariant as the engine calls them on CPU: one tile, one
+    unpadded row per call (models/engine.py).  embed_tokens: int8 weights of its Gather."""
+    if src.stem in ("vision_encoder", "encoder_model", "embed_tokens"):
+        _quantize_dynamic(src, dst)
+    else:
+        _quantize_nbits(src, dst, bits=8)
+
+
+def _quantize_dynamic(src: Path, dst: Path) -> None:
+    """onnxruntime `quantize_dynamic`: int8 weights, activations quantized at run time with one
+    scale per tensor, i.e. over the whole batch (so a row's result depends on the other rows:
+    edge-agent's int8 before issue 11, kept for benchmarks/frame.py's comparison)."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
@@ -55,14 +78,25 @@ def _quantize_int8(src: Path, dst: Path) -> None:
 
 
 def _quantize_q4(src: Path, dst: Path) -> None:
+    _quantize_nbits(src, dst, bits=4)
+
+
+def _quantize_nbits(src: Path, dst: Path, bits: int) -> None:
+    """Block-wise (block 32, symmetric) weights with onnxruntime's `MatMulNBitsQuantizer`:
+    MatMul -> MatMulNBits; accuracy_level=4 lets CPUs with int8 dot products use them, with
+    activations quantized per row and block (never across rows).  bits=8: the fast decoder's
+    graphs get int8 cross-attention keys/values first (models/export_step.py)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # Quantizing Gather makes the quantizer lift the opset to 21, which breaks older ops
     # such as ReduceMean(axes=...) in the other graphs; the embedding graph is a bare Gather.
-    ops = ("MatMul", "Gather") if src.stem == "embed_tokens" else ("MatMul",)
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=Q4_BLOCK, is_symmetric=True,
-                             accuracy_level=4, op_types_to_quantize=ops)
+    ops = ("MatMul", "Gather") if src.stem == "embed_tokens" and bits == 4 else ("MatMul",)
+    model = onnx.load(str(src))
+    if bits == 8:
+        model = _int8_kv_model(model, src.stem)
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=Q4_BLOCK,
+                             is_symmetric=True, accuracy_level=4, op_types_to_quantize=ops)
     q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=_big(src))
 
@@ -76,18 +110,23 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
 
 
-def _int8_kv(src: Path, dst: Path) -> Path:
-    """The fast decoder's graphs with int8 cross-attention keys/values (models/export_step.py),
-    written beside dst for quantize_dynamic to start from; other parts: src unchanged."""
-    from models.export_step import int8_cross_kv_graph, int8_cross_kv_step
+def _int8_kv_model(model, part: str):
+    """The fast decoder's graphs with int8 cross-attention keys/values (per-row scales,
+    models/export_step.py); other parts unchanged."""
+    from edge_agent.models.export_step import int8_cross_kv_graph, int8_cross_kv_step
 
-    edit = {"decoder_cross_kv": int8_cross_kv_graph, "decoder_step": int8_cross_kv_step}.get(src.stem)
-    if edit is None:
+    edit = {"decoder_cross_kv": int8_cross_kv_graph, "decoder_step": int8_cross_kv_step}.get(part)
+    return model if edit is None else edit(model)
+
+
+def _int8_kv(src: Path, dst: Path) -> Path:
+    """_int8_kv_model written beside dst for quantize_dynamic to start from; other parts: src."""
+    if src.stem not in FAST_PARTS:
         return src
     import onnx
 
     tmp = dst.with_name(dst.stem + "_kv8.onnx")
-    onnx.save(edit(onnx.load(str(src))), str(tmp))
+    onnx.save(_int8_kv_model(onnx.load(str(src)), src.stem), str(tmp))
     return tmp
 
 
@@ -117,7 +156,7 @@ def _convert_one(convert, src: Path, dst: Path) -> None:
     """Convert into a private temporary folder under the final name, then move the graph's
     external-data file(s) and finally the graph into place (locations stay valid).  The token
     embedding table always goes to an external-data file, which ORT maps (export.map_weights)."""
-    from models.export import map_weights, same_mode
+    from edge_agent.models.export import map_weights, same_mode
 
     tmp_dir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=dst.parent))
     try:
@@ -130,10 +169,10 @@ def _convert_one(convert, src: Path, dst: Path) -> None:
             same_mode(f, src)
             os.replace(f, dst.parent / f.name)
     except Exception as exc:
-        if isinstance(exc, (ModelError, ConfigError)):
+        if isinstance(exc, ModelError):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(f"{src}: {type(exc).__name__} while converting: {first}") from None
+        raise ModelDirError(f"{src}: {type(exc).__name__} while converting: {first}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -142,14 +181,14 @@ def quantize_dir(path, dtype: str, parts=None) -> list[Path]:
     """Write the `dtype` variant of the fp32 graphs in DIR/onnx; returns the files written.
     parts=None: the four onnx-community parts, plus the fast decoder's when present."""
     if dtype not in CONVERTERS:
-        raise ConfigError(f"unknown --dtype {dtype!r}: expected one of {', '.join(CONVERTERS)}")
+        raise ModelSettingError(f"unknown --dtype {dtype!r}: expected one of {', '.join(CONVERTERS)}")
     onnx_dir = Path(path).expanduser() / "onnx"
     if parts is None:
         parts = PARTS + tuple(p for p in FAST_PARTS if (onnx_dir / f"{p}.onnx").is_file())
     sources = [onnx_dir / f"{part}.onnx" for part in parts]
     for src in sources:
         if not src.is_file():
-            raise ModelError(f"{src}: file missing (quantize starts from the fp32 graphs)")
+            raise ModelDirError(f"{src}: file missing (quantize starts from the fp32 graphs)")
     written = []
     for part, src in zip(parts, sources):
         dst = onnx_dir / f"{part}{DTYPES[dtype]}.onnx"

@@ -8,16 +8,36 @@ fast tokenizer runs, so ids and decoded text are the same (tests/test_tokens.py 
 that against AutoTokenizer).  Directories with only vocab.json + merges.txt still load
 through transformers (models/modeldir.py).
 
-`LeanTokenizer` offers the part of the transformers tokenizer API the engine and
-models/parse.py use.
+The engine and models/parse.py use a tokenizer only through the `Tokenizer` Protocol below:
+the part of the transformers tokenizer API that `LeanTokenizer` and transformers' fast
+tokenizer (the fallback) both offer, with the same meaning.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol, Sequence
+
+
+class Tokenizer(Protocol):
+    all_special_tokens: list[str]
+    backend_tokenizer: Any  # a `tokenizers.Tokenizer`; parse reads its decoder's type (ByteLevel or not)
+
+    def __len__(self) -> int:
+        """Vocabulary size, added tokens included."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        """{"input_ids": [...]} of `text`."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]: ...
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str: ...
 
 
 class LeanTokenizer:
+    """A Tokenizer over `tokenizers.Tokenizer` alone."""
+
     def __init__(self, tokenizer_json: Path):
         from tokenizers import Tokenizer
 

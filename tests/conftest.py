@@ -5,6 +5,7 @@ mosquitto binary is absent)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,21 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     """Also at the end, where `pytest -q` (which hides the header) still shows it."""
     terminalreporter.write_line(f"mqtt broker for tests: {broker_mod.describe_broker()}")
+
+
+@pytest.fixture(autouse=True)
+def _package_loggers_restored():
+    """setup_logging (which CLI tests run in-process) stops the package loggers' propagation and
+    sets their level; undo that after each test, so that caplog sees their records."""
+    from edge_agent.logs import package_loggers
+
+    yield
+    for name in package_loggers():
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if getattr(h, "_edge_agent", False)]:
+            logger.removeHandler(h)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
-from edge_agent.publish import MqttPublisher, MqttSettings, StdoutPublisher
+from edge_agent.publish import MqttOptions, MqttPublisher, StdoutPublisher
 from edge_agent.result import FrameResult
-from edge_agent.spool import Spool
-from tiling.regions import Regions
+from edge_agent.secret import Secret
+from edge_agent.spool import Spool, SpoolOptions
+from edge_agent.tiling.regions import Regions
 
 LABELS = ("bottle", "can", "box")
 
@@ -42,13 +43,13 @@ def make_result(camera_id: str, seq: int) -> FrameResult:
 def build(args):
     if args.stdout:
         return StdoutPublisher(args.device_id)
-    settings = MqttSettings(
-        url=args.broker, protocol=args.protocol, username=args.username,
-        password=os.environ.get("EDGE_AGENT_MQTT_PASSWORD"), tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, reconnect_min=args.reconnect_min, reconnect_max=args.reconnect_max,
-        inflight=args.inflight, keepalive=args.keepalive,
+    settings = MqttOptions(
+        broker=args.broker, protocol=args.protocol, username=args.username or "",
+        password=Secret(os.environ.get("EDGE_AGENT_MQTT_PASSWORD", "")), ca_file=args.tls_ca or "",
+        cert_file=args.tls_cert or "", key_file=args.tls_key or "", reconnect_min=args.reconnect_min,
+        reconnect_max=args.reconnect_max, inflight=args.inflight, keepalive=args.keepalive,
     )
-    spool = Spool.in_state_dir(args.state_dir, max_mb=args.spool_mb)
+    spool = Spool.in_state_dir(args.state_dir, SpoolOptions(max_mb=args.spool_mb))
     return MqttPublisher(settings, spool, args.device_id)
 
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures.make_tiny_model import DEFAULT_OUT as TINY  # noqa: E402
 
-from edge_agent.bench import FrameWorkload, frame_tiles, synthetic_shelf  # noqa: E402
+from edge_agent.bench import (QUICK as QUICK_WORK, FrameWorkload, StageClock, frame_tiles,  # noqa: E402
+                               measure_engine, synthetic_shelf, task_settings)
 from edge_agent.cli import cli  # noqa: E402
 
 QUICK = ["--model", str(TINY), "--variant", "fp32", "--quick", "--tiles", "2", "--tokens", "6"]
@@ -27,7 +28,9 @@ def test_bench_prints_stage_table_and_progress():
         assert col in header
     row = next(line for line in out.splitlines() if line.startswith("edge-agent fp32"))
     assert len(row.split()) == 2 + 9
-    assert "bench: vision: 2 tiles" in r.stderr and "bench: decode: 4 sequences, 6 batched steps" in r.stderr
+    assert "bench: frame: 2 tiles, 4 sequences, 6 batched steps" in r.stderr
+    for line in ("bench: vision 2/2", "bench: encoder 1/1", "bench: decode 1/1"):  # the engine's own progress
+        assert line in r.stderr.splitlines()
     assert float(out.strip().splitlines()[-1].split()[-1]) > 0
 
 
@@ -38,7 +41,9 @@ def test_bench_json():
     assert data["model"]["variant"] == "fp32"
     for key in ("vision_s", "encoder_s", "decode_s", "frame_s", "peak_rss_mb"):
         assert data[key] > 0
-    assert data["frame_s"] >= data["vision_s"] + data["decode_s"]
+    # the stages are the engine's own progress reports inside one engine.run: they add up to the frame
+    parts = data["vision_s"] + data["encoder_s"] + data["decode_s"] + data["parse_s"]
+    assert abs(data["frame_s"] - parts) < 1e-6
 
 
 def test_bench_bad_model_dir_and_image_exit_2(tmp_path):
@@ -57,3 +62,33 @@ def test_frame_tiles_follow_the_plan():
     assert len(tiles) == 6 and all(t.shape == (768, 768, 3) for t in tiles)
     assert np.array_equal(tiles[1], frame[0:768, 576:1344])
     assert len(frame_tiles(frame, FrameWorkload(tiles=8))) == 8  # more tiles than the plan: repeats
+
+
+def test_stage_clock_charges_each_report_to_its_stage():
+    ticks = iter([10.0, 11.0, 11.5, 14.0, 14.25])
+    lines = []
+    clock = StageClock(lines.append, clock=lambda: next(ticks))  # started at 10.0
+    clock("vision", 1, 2)
+    clock("vision", 2, 2)
+    clock("decode", 1, 1)
+    clock("load", 1, 0)
+    assert clock.times == {"vision": 1.5, "decode": 2.5, "load": 0.25}
+    assert (clock.started, clock.last) == (10.0, 14.25)
+    assert lines == ["vision 1/2", "vision 2/2", "decode 1/1", "load 1"]
+
+
+def test_bench_measures_what_run_returns():
+    """measure_engine goes through engine.run: its sequences are the ones run gives for the same
+    tiles and settings, and the clock saw every stage of that run."""
+    from edge_agent.models.engine import EngineOptions, Florence2Engine
+
+    work = QUICK_WORK
+    clock = StageClock()
+    engine = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1, max_new_tokens=work.od_tokens,
+                                           progress=clock))
+    frame = synthetic_shelf(work.width, work.height)
+    res = measure_engine(engine, clock, frame, work, progress=lambda msg: None)
+    assert set(clock.times) == {"vision", "encoder", "decode"}
+    outs = engine.run(frame_tiles(frame, work), ("od", "ocr"), settings=task_settings(engine, work))
+    assert res["token_ids"] == [list(o[t].token_ids) for o in outs for t in ("od", "ocr")]
+    assert [len(ids) for ids in res["token_ids"]] == [1 + work.od_tokens, 1 + work.ocr_tokens] * work.tiles

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.capture import STATE_ENDED, STATE_OK, Camera, list_images, source_kind
+from edge_agent.capture import STATE_ENDED, STATE_OK, Camera, CameraOptions, list_images, source_kind
 from edge_agent.errors import ConfigError
-from edge_agent.settings import CameraSettings, load_settings
+from edge_agent.settings import load_settings
 
 
 def make_video(path, frames=4, size=(160, 120)):
@@ -86,7 +86,7 @@ def test_missing_or_empty_sources_are_config_errors(tmp_path):
 def test_lost_live_source_reports_camera_lost(tmp_path):
     """A URL that cannot be opened: camera_lost through the callback, get() returns None."""
     states = []
-    settings = CameraSettings(id="door", source="rtsp://127.0.0.1:9/none", retry_max=1.0)
+    settings = CameraOptions(id="door", source="rtsp://127.0.0.1:9/none", retry_max=1.0)
     c = Camera(settings, on_state=lambda cid, st: states.append(st), backoff_min=0.1).start()
     try:
         assert c.get(timeout=3.0) is None
@@ -122,7 +122,7 @@ def test_live_mjpeg_stream_gives_fresh_frames(tmp_path):
             pass
 
     threading.Thread(target=serve, daemon=True).start()
-    settings = CameraSettings(id="ipcam", source=f"http://127.0.0.1:{srv.getsockname()[1]}/s.mjpg")
+    settings = CameraOptions(id="ipcam", source=f"http://127.0.0.1:{srv.getsockname()[1]}/s.mjpg")
     c = Camera(settings).start()
     try:
         frames = [c.get(timeout=10.0) for _ in range(5)]

@@ -63,9 +63,9 @@ def test_unreadable_image_is_one_line_exit_2(tmp_path):
 def test_draw_into_a_missing_directory_fails_before_loading_the_model(tmp_path, monkeypatch):
     img = tmp_path / "x.png"
     cv2.imwrite(str(img), np.full((64, 64, 3), 90, np.uint8))
-    import edge_agent.agent
+    import edge_agent.model
 
-    monkeypatch.setattr(edge_agent.agent, "build_engine", lambda s: pytest.fail("model loaded before the --draw check"))
+    monkeypatch.setattr(edge_agent.model, "build_engine", lambda s: pytest.fail("model loaded before the --draw check"))
     target = tmp_path / "missing-dir" / "out.jpg"
     r = invoke(str(img), "--model", str(MODEL), "--draw", str(target))
     assert r.exit_code == 2 and r.output.strip().splitlines() == [f"edge-agent: error: --draw {target}: cannot write the image there (directory missing)"]

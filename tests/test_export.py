@@ -116,7 +116,7 @@ def test_int8_variant_runs(sessions):
 
 
 def test_export_from_checkpoint_roundtrip(tmp_path: Path, model):
-    from models.export import export_from_checkpoint
+    from edge_agent.models.export import export_from_checkpoint
 
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
@@ -130,15 +130,15 @@ def test_export_from_checkpoint_roundtrip(tmp_path: Path, model):
 
 
 def test_missing_checkpoint_is_model_error(tmp_path: Path):
-    from edge_agent.errors import ModelError
-    from models.export import export_from_checkpoint
+    from edge_agent.models.errors import ModelDirError
+    from edge_agent.models.export import export_from_checkpoint
 
-    with pytest.raises(ModelError, match="config.json"):
+    with pytest.raises(ModelDirError, match="config.json"):
         export_from_checkpoint(tmp_path, tmp_path / "out")
 
 
 def test_big_merged_decoder_goes_to_external_data(tmp_path: Path, model, monkeypatch):
-    import models.export as exp
+    import edge_agent.models.export as exp
 
     monkeypatch.setattr(exp, "EXTERNAL_DATA_BYTES", 0)
     (tmp_path / "tmp").mkdir()
@@ -155,15 +155,15 @@ def test_big_merged_decoder_goes_to_external_data(tmp_path: Path, model, monkeyp
 
 def test_with_vision_side_384_runs_with_the_same_text_graphs(model, tmp_path):
     """The low-resolution option: vision re-exported at 384 (145 image tokens), text graphs shared."""
-    from models.engine import EngineOptions, Florence2Engine
-    from models.export import with_vision_side
+    from edge_agent.models.engine import EngineOptions, Florence2Engine
+    from edge_agent.models.export import with_vision_side
 
     out = with_vision_side(TINY, tmp_path / "tiny-384", model, 384)
     pre = json.loads((out / "preprocessor_config.json").read_text())
     assert pre["size"] == {"height": 384, "width": 384} and pre["image_seq_length"] == 145
     assert (out / "onnx" / "decoder_model_merged.onnx").samefile(TINY / "onnx" / "decoder_model_merged.onnx")
     eng = Florence2Engine(EngineOptions(model_dir=out, variant="", num_beams=1, max_new_tokens=6))
-    from models.preprocess import preprocess
+    from edge_agent.models.preprocess import preprocess
 
     px = preprocess([np.zeros((500, 700, 3), np.uint8)], eng.pre_cfg)
     assert px.shape == (1, 3, 384, 384)

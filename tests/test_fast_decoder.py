@@ -13,11 +13,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures.make_tiny_model import DEFAULT_OUT as TINY  # noqa: E402
 
-from edge_agent.errors import ModelError  # noqa: E402
-from models.engine import EngineOptions, Florence2Engine  # noqa: E402
-from models.generate import BufferedRunner, DecoderRunner  # noqa: E402
-from models.preprocess import preprocess  # noqa: E402
-from models.verify import verify_dir  # noqa: E402
+from edge_agent.models.errors import ModelDirError  # noqa: E402
+from edge_agent.models.engine import EngineOptions, Florence2Engine, decode_chunks  # noqa: E402
+from edge_agent.models.preprocess import preprocess  # noqa: E402
+from edge_agent.models.runners import BufferedRunner, DecoderRunner, MergedCache  # noqa: E402
+from edge_agent.models.verify import verify_dir  # noqa: E402
 
 
 def _encoded(eng, n=2):
@@ -33,7 +33,7 @@ def test_step_writes_into_the_bound_buffer_and_matches_the_merged_cache():
     hidden, mask = _encoded(fast)
     start = np.full(len(hidden), 2, np.int64)
     lf, cf = fast.runner.first(start, hidden, mask, max_length=8)
-    lm, cm = merged.runner.first(start, hidden, mask)
+    lm, cm = merged.runner.first(start, hidden, mask, max_length=8)
     buf_before = [b.__array_interface__["data"][0] for b in cf.bufs]
     tokens = np.array([0, 0])
     for step in range(1, 5):
@@ -48,7 +48,7 @@ def test_step_writes_into_the_bound_buffer_and_matches_the_merged_cache():
     assert [b.__array_interface__["data"][0] for b in cf.bufs] == buf_before  # same buffers, no reallocation
 
 
-def test_take_keeps_the_filled_rows():
+def test_select_rows_keeps_the_filled_rows_in_place():
     eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
     hidden, mask = _encoded(eng, 3)
     start = np.full(3, 2, np.int64)
@@ -59,18 +59,19 @@ def test_take_keeps_the_filled_rows():
         return cache
 
     cache = fresh()
-    want_self, base = cache.bufs[0][[2, 0, 0], :, :2].copy(), cache.bufs[0].__array_interface__["data"][0]
-    reordered = cache.take(np.array([2, 0, 0]))  # beam reorder: gathered into the same buffer
-    assert reordered.cross is cache.cross and reordered.length == 2
-    assert reordered.bufs[0].__array_interface__["data"][0] == base
-    np.testing.assert_array_equal(reordered.bufs[0][:, :, :2], want_self)
-    grown = fresh().take(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2]))  # beams start: more rows
-    assert grown.bufs[0].shape[0] == 6 and grown.cross[0].shape[0] == 6
+    want_self, base, cross = cache.bufs[0][[2, 0, 0], :, :2].copy(), cache.bufs[0].__array_interface__["data"][0], cache.cross
+    cache.select_rows(np.array([2, 0, 0]))  # beam reorder: gathered into the same buffer
+    assert cache.cross is cross and cache.length == 2
+    assert cache.bufs[0].__array_interface__["data"][0] == base
+    np.testing.assert_array_equal(cache.bufs[0][:, :, :2], want_self)
+    grown = fresh()
+    grown.select_rows(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2]))  # beams start: more rows
+    assert grown.bufs[0].shape[0] == 6 and grown.cross[0].shape[0] == 6 and len(grown.mask) == 6
     np.testing.assert_array_equal(grown.bufs[1][4, :, :2], grown.bufs[1][5, :, :2])
 
-    cache = fresh()
-    want_cross, base = cache.cross[0][[0, 2]].copy(), cache.cross[0].__array_interface__["data"][0]
-    kept = cache.take(np.array([0, 2]), np.array([0, 2]))  # rows leaving: compacted in place
+    kept = fresh()
+    want_cross, base = kept.cross[0][[0, 2]].copy(), kept.cross[0].__array_interface__["data"][0]
+    kept.select_rows(np.array([0, 2]), np.array([0, 2]))  # rows leaving: compacted in place
     assert kept.bufs[0].shape[0] == 2 and kept.cross[0].__array_interface__["data"][0] == base
     np.testing.assert_array_equal(kept.cross[0], want_cross)
     np.testing.assert_array_equal(kept.mask, mask[[0, 2]])
@@ -79,6 +80,30 @@ def test_take_keeps_the_filled_rows():
     _, two = eng.runner.first(start[:2], hidden[[0, 2]], mask[[0, 2]], max_length=6)
     eng.runner.step(np.zeros(2, np.int64), two)
     np.testing.assert_allclose(l1, eng.runner.step(np.array([5, 6]), two), atol=1e-5)
+
+
+def test_both_caches_select_rows_alike():
+    """Same name, same contract: after the same select_rows calls, the merged decoder's cache and
+    the fast decoder's buffers hold the same rows, and decode on to the same logits."""
+    fast = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
+    merged = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1, fast_decoder=False))
+    hidden, mask = _encoded(fast, 3)
+    start = np.full(3, 2, np.int64)
+    _, cf = fast.runner.first(start, hidden, mask, max_length=8)
+    _, cm = merged.runner.first(start, hidden, mask, max_length=8)
+    assert isinstance(cm, MergedCache)
+    tokens = np.array([4, 5, 6])
+    fast.runner.step(tokens, cf), merged.runner.step(tokens, cm)
+    for idx, cross_idx in ((np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2])),  # beams start
+                           (np.array([1, 0, 0, 3, 5, 4]), None),  # beams reorder
+                           (np.array([0, 1, 4, 5]), np.array([0, 1, 4, 5]))):  # a sequence leaves
+        cf.select_rows(idx, cross_idx)
+        assert cm.select_rows(idx, cross_idx) is None
+        np.testing.assert_array_equal(cf.mask, cm.mask)
+        for layer, (k, _) in enumerate(cm.dec_kv):
+            np.testing.assert_allclose(cf.bufs[2 * layer][:, :, :cf.length], k, atol=1e-5)
+        tokens = np.arange(len(idx)) + 7
+        np.testing.assert_allclose(fast.runner.step(tokens, cf), merged.runner.step(tokens, cm), atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture
@@ -98,12 +123,12 @@ def test_directory_without_fast_graphs_uses_decoder_model_merged(tiny_copy):
 
 def test_verify_names_the_missing_half_of_the_fast_decoder(tiny_copy):
     (tiny_copy / "onnx" / "decoder_cross_kv_int8.onnx").unlink()
-    with pytest.raises(ModelError, match=r"decoder_cross_kv_int8\.onnx: file missing \(the fast decoder needs"):
+    with pytest.raises(ModelDirError, match=r"decoder_cross_kv_int8\.onnx: file missing \(the fast decoder needs"):
         verify_dir(tiny_copy, "int8")
 
 
 def test_quantize_writes_the_fast_decoder_and_int8_decodes(tiny_copy):
-    from models.quantize import quantize_dir
+    from edge_agent.models.quantize import quantize_dir
 
     for f in (tiny_copy / "onnx").glob("*_int8.onnx"):
         f.unlink()
@@ -121,7 +146,7 @@ def test_int8_cross_kv_stays_close_to_float(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from models.export_step import int8_cross_kv_graph, int8_cross_kv_step
+    from edge_agent.models.export_step import int8_cross_kv_graph, int8_cross_kv_step
 
     src = TINY / "onnx"
     onnx.save(int8_cross_kv_graph(onnx.load(str(src / "decoder_cross_kv.onnx"))), str(tmp_path / "cross.onnx"))
@@ -150,11 +175,10 @@ def test_kv_cache_budget_chunks_the_decode_without_changing_ids():
     per_row = whole.runner.kv_bytes_per_row(13, 600)
     assert per_row == 2 * 2 * 3 * 8 * 4 * (13 + 601)  # layers, k+v, heads, head size, fp32; self + cross
     small = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=3, max_new_tokens=12, kv_cache_mb=1))
-    rows = [small.settings] * 6
-    per_seq = 3 * per_row
+    per_seq = 3 * per_row  # 3 beams
     fit = max(1, min(6, int(2**20 // per_seq)))  # sequences per 1 MB
-    chunks = small._decode_chunks(rows, 600)
-    assert chunks[0] == (0, fit) and chunks[-1][1] == 6 and whole._decode_chunks(rows, 600) == [(0, 6)]
+    chunks = decode_chunks([per_seq] * 6, 2**20)
+    assert chunks[0] == (0, fit) and chunks[-1][1] == 6 and decode_chunks([per_seq] * 6, 0) == [(0, 6)]
     want = fit
     calls = []
     real = small.runner.first
@@ -171,13 +195,15 @@ def test_decode_chunks_pack_sequences_by_their_own_budgets():
     short = eng.settings.with_overrides(num_beams=1, max_new_tokens=10)
     rows = [long, short] * 4
     cost = [eng.runner.kv_bytes_per_row(r.max_length, 600) for r in rows]
-    chunks = eng._decode_chunks(rows, 600)
+    chunks = decode_chunks(cost, 2**20)
     assert [c for chunk in chunks for c in range(*chunk)] == list(range(8))  # contiguous, in order
     for (i, j), nxt in zip(chunks, chunks[1:] + [None]):
         assert sum(cost[i:j]) <= 2**20 or j - i == 1
         if nxt is not None:
             assert sum(cost[i:j + 1]) > 2**20  # the next sequence did not fit
     assert len(chunks) == 4
+    assert decode_chunks(cost, 2**20, batch=3) == [(0, 3), (3, 6), (6, 8)]  # [model] decode_batch wins
+    assert decode_chunks([], 2**20) == [] and decode_chunks(cost, 0) == [(0, 8)]
 
 
 def test_row_gather_in_place_matches_numpy_for_every_index_list():
@@ -185,7 +211,7 @@ def test_row_gather_in_place_matches_numpy_for_every_index_list():
     every index list over up to 4 rows, with and without a filled length."""
     import itertools
 
-    from models.generate import _rows
+    from edge_agent.models.runners import _rows
 
     rng = np.random.default_rng(0)
     for n in range(1, 5):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.errors import ConfigError, ModelError
-from models.generation import GenerationSettings, banned_ngram_tokens, process_scores
+from edge_agent.models.errors import ModelDirError, ModelSettingError
+from edge_agent.models.generation import GenerationSettings, banned_ngram_tokens, process_scores
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-florence2"
 
@@ -25,9 +25,9 @@ def test_overrides_and_none_passthrough():
     s = GenerationSettings.from_dir(TINY, num_beams=None, max_new_tokens=7)
     assert (s.num_beams, s.max_new_tokens) == (3, 7)
     assert GenerationSettings.from_dir(TINY, num_beams=1).num_beams == 1
-    with pytest.raises(ConfigError, match="num_beams"):
+    with pytest.raises(ModelSettingError, match="num_beams"):
         GenerationSettings.from_dir(TINY, num_beams=0)
-    with pytest.raises(ConfigError, match="bogus"):
+    with pytest.raises(ModelSettingError, match="bogus"):
         GenerationSettings.from_dir(TINY, bogus=1)
 
 
@@ -41,10 +41,10 @@ def test_falls_back_to_config_text_config(tmp_path):
 
 def test_bad_generation_config_names_the_file(tmp_path):
     (tmp_path / "generation_config.json").write_text("{not json")
-    with pytest.raises(ModelError, match="generation_config.json"):
+    with pytest.raises(ModelDirError, match="generation_config.json"):
         GenerationSettings.from_dir(tmp_path)
     (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": "three"}))
-    with pytest.raises(ModelError, match="generation_config.json"):
+    with pytest.raises(ModelDirError, match="generation_config.json"):
         GenerationSettings.from_dir(tmp_path)
 
 
@@ -74,15 +74,15 @@ def test_forced_and_min_length_processors():
 
 
 def test_engine_rejects_budget_beyond_decoder_positions():
-    from models.engine import EngineOptions, Florence2Engine
+    from edge_agent.models.engine import EngineOptions, Florence2Engine
 
-    with pytest.raises(ConfigError, match="max_position_embeddings"):
+    with pytest.raises(ModelSettingError, match="max_position_embeddings"):
         Florence2Engine(EngineOptions(model_dir=TINY, max_new_tokens=5000))
 
 
 def test_unknown_provider_is_config_error_and_missing_ones_are_skipped():
-    from models.engine import resolve_providers
+    from edge_agent.models.engine import resolve_providers
 
     assert resolve_providers(("cuda", "cpu"))[-1] == "CPUExecutionProvider"
-    with pytest.raises(ConfigError, match="gpu-please"):
+    with pytest.raises(ModelSettingError, match="gpu-please"):
         resolve_providers(("gpu-please",))

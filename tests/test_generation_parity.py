@@ -19,9 +19,9 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures.make_tiny_model import DEFAULT_OUT as TINY, build_torch_model  # noqa: E402
 
-from models.engine import EngineOptions, Florence2Engine  # noqa: E402
-from models.generate import generate  # noqa: E402
-from models.preprocess import preprocess  # noqa: E402
+from edge_agent.models.engine import EngineOptions, Florence2Engine  # noqa: E402
+from edge_agent.models.generate import generate  # noqa: E402
+from edge_agent.models.preprocess import preprocess  # noqa: E402
 
 MAX_NEW = 30
 IMAGE_TOKEN = 51289
@@ -169,7 +169,7 @@ def test_first_step_logits_allclose(model, tiles, fast):
     eng = engine(1, fast=fast)
     feats = eng.image_features(preprocess(tiles, eng.pre_cfg))
     hidden, mask = eng.encode(feats, ("od",))
-    logits, _ = eng.runner.first(np.full(len(tiles), 2, np.int64), hidden, mask)
+    logits, _ = eng.runner.first(np.full(len(tiles), 2, np.int64), hidden, mask, max_length=1)
     px = torch.from_numpy(preprocess(tiles, eng.pre_cfg))
     ids = torch.tensor([eng.prompt_ids("od")] * len(tiles))
     inputs = torch.cat([torch.full((len(tiles), 577), IMAGE_TOKEN), ids], 1)
@@ -234,7 +234,7 @@ _find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda n, p=None: None if n.split(".")[0] in ("torch", "torchvision") else _find_spec(n, p)
 sys.meta_path.insert(0, Block())
 import numpy as np
-from models.engine import EngineOptions, Florence2Engine
+from edge_agent.models.engine import EngineOptions, Florence2Engine
 eng = Florence2Engine(EngineOptions(model_dir=sys.argv[1], num_beams=3, max_new_tokens=8))
 out = eng.run([np.zeros((100, 200, 3), np.uint8)], ("od", "ocr"))
 assert set(out[0]) == {"od", "ocr"} and out[0]["od"].token_ids[:2] == (2, 0)

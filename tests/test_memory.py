@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from models.memory import advise_random, trim_heap
+from edge_agent.models.memory import advise_random, trim_heap
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's")
 

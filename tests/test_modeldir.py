@@ -8,10 +8,10 @@ import shutil
 import onnx
 import pytest
 
-from edge_agent.errors import ModelError
+from edge_agent.models.errors import ModelDirError, ModelSettingError
 from fake_florence import write_fake_model_dir
-from models.modeldir import PARTS, VARIANTS, normalize_variant, open_model_dir, verify
-from models.onnxmeta import read_graph_meta
+from edge_agent.models.modeldir import PARTS, VARIANTS, normalize_variant, open_model_dir, verify
+from edge_agent.models.onnxmeta import read_graph_meta
 
 
 @pytest.fixture(scope="module")
@@ -47,34 +47,34 @@ def test_best_variant_prefers_int8(model):
     assert md.variant == "_int8" and md.available_variants() == ["", "_int8"]
     assert open_model_dir(model, "fp32").variant == ""
     assert open_model_dir(model, "int8").onnx_path("embed_tokens").name == "embed_tokens_int8.onnx"
-    with pytest.raises(ModelError, match="embed_tokens_q4.onnx: file missing") as e:
+    with pytest.raises(ModelDirError, match="embed_tokens_q4.onnx: file missing") as e:
         open_model_dir(model, "_q4")
     # the message says which variants the folder does hold, e.g. after `models export` (fp32 only)
-    assert one_line(e).endswith("(variant q4; complete: fp32 (--variant ''), int8 (--variant '_int8'))")
+    assert one_line(e).endswith(f"(variant q4; complete: fp32, int8; every part's files: edge-agent models list {model})")
 
 
 def test_variant_names():
     assert [normalize_variant(v) for v in ("", "fp32", "int8", "_q4f16")] == ["", "", "_int8", "_q4f16"]
     assert set(VARIANTS) == {normalize_variant(v) for v in VARIANTS}
-    with pytest.raises(ModelError, match="'int4'"):
+    with pytest.raises(ModelSettingError, match="'int4'"):
         normalize_variant("int4")
 
 
 def test_missing_dir_and_json(tmp_path, model):
-    with pytest.raises(ModelError, match="model directory not found"):
+    with pytest.raises(ModelDirError, match="model directory not found"):
         open_model_dir(tmp_path / "nope")
     (model / "generation_config.json").unlink()
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(ModelDirError) as e:
         open_model_dir(model)
     assert "generation_config.json: file missing" in one_line(e)
     (model / "generation_config.json").write_text("{oops")
-    with pytest.raises(ModelError, match="generation_config.json: cannot read JSON"):
+    with pytest.raises(ModelDirError, match="generation_config.json: cannot read JSON"):
         open_model_dir(model)
 
 
 def test_no_variant_names_first_missing_file(model):
     (model / "onnx" / "encoder_model.onnx").unlink()
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(ModelDirError) as e:
         open_model_dir(model)
     assert "encoder_model.onnx: file missing" in one_line(e)
 
@@ -101,7 +101,7 @@ def test_graph_meta_skips_weights(model):
 
 def test_verify_missing_file(model):
     (model / "onnx" / "decoder_model_merged.onnx").unlink()
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(ModelDirError) as e:
         verify(model, "fp32")
     assert "decoder_model_merged.onnx: file missing" in one_line(e)
 
@@ -118,7 +118,7 @@ def rename_input(file, old, new):
 
 def test_verify_wrong_tensor_name(model):
     rename_input(model / "onnx" / "encoder_model.onnx", "attention_mask", "mask")
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(ModelDirError) as e:
         verify(model)
     msg = one_line(e)
     assert "encoder_model.onnx" in msg and "missing input 'attention_mask'" in msg
@@ -129,20 +129,20 @@ def test_verify_wrong_shape(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["text_config"]["d_model"] = 16
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelError, match="vision_encoder.onnx: output image_features.*axis 2, expected 16"):
+    with pytest.raises(ModelDirError, match="vision_encoder.onnx: output image_features.*axis 2, expected 16"):
         verify(d)
 
 
 def test_verify_vocabulary_mismatch(tmp_path):
     d = write_fake_model_dir(tmp_path / "m", vocab=50000)
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(ModelDirError) as e:
         verify(d)
     assert "embed_tokens.onnx: tokenizer has 51289 tokens but the embedding table has only 50000 rows" in one_line(e)
 
 
 def test_verify_garbage_onnx(model):
     (model / "onnx" / "embed_tokens.onnx").write_bytes(b"\xff\xff\xff\xff not onnx")
-    with pytest.raises(ModelError, match="embed_tokens.onnx: cannot read ONNX graph"):
+    with pytest.raises(ModelDirError, match="embed_tokens.onnx: cannot read ONNX graph"):
         verify(model)
 
 
@@ -176,13 +176,17 @@ def assert_exit2_one_line(result, *fragments):
 def test_cli_verify_ok(tiny):
     r = cli("models", "verify", tiny)
     assert r.exit_code == 0, r.output
-    assert "ok: 2 variant(s) verified; default for CPU: int8" in r.stdout
+    # 4 parts x (fp32, int8) + the fast decoder's 2 graphs x (fp32, int8), each loaded by onnxruntime
+    assert "ok: 12 graph(s) verified and loaded by onnxruntime; auto picks int8" in r.stdout
 
 
 def test_cli_verify_rejects_missing_file(tiny):
     (tiny / "onnx" / "embed_tokens_int8.onnx").unlink()
-    assert_exit2_one_line(cli("models", "verify", tiny), "embed_tokens_int8.onnx: file missing")
+    assert_exit2_one_line(cli("models", "verify", tiny, "--variant", "int8"), "embed_tokens_int8.onnx: file missing")
     assert cli("models", "verify", tiny, "--variant", "fp32").exit_code == 0
+    # without --variant every graph present is checked; a mix fills the gap
+    r = cli("models", "verify", tiny)
+    assert r.exit_code == 0 and "auto picks embed_tokens=fp32,int8" in r.stdout, r.output
 
 
 def test_cli_verify_rejects_wrong_tensor_name(tiny):
@@ -208,8 +212,12 @@ def test_cli_verify_rejects_unknown_variant(tiny):
 def test_cli_list(tiny):
     r = cli("models", "list", tiny)
     assert r.exit_code == 0, r.output
-    rows = [line.split() for line in r.stdout.splitlines()]
-    assert [row[:-2] for row in rows] == [["fp32"], ["*", "int8"]]
+    lines = r.stdout.splitlines()
+    assert lines[0] == "vision_encoder:" and lines[1].split()[0] == "fp32" and lines[2].split()[0] == "int8"
+    assert lines[1].split()[3] == "vision_encoder.onnx" and lines[1].split()[2] == "MB"
+    assert "complete variants (one suffix for every part): fp32, int8" in lines
+    assert "complete combinations (any usable graph per part): 16" in lines
+    assert lines[-1].startswith("auto picks: int8 (")
 
 
 def test_cli_quantize(tiny):
@@ -277,10 +285,12 @@ _find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda n, p=None: None if n.split(".")[0] in BLOCKED else _find_spec(n, p)
 sys.meta_path.insert(0, Block())
 import numpy as np
-from models.modeldir import open_model_dir, verify
-from models.parse import parse_task
-from models.preprocess import preprocess
-import models.quantize, models.pull
+from edge_agent.models.modeldir import open_model_dir, verify
+from edge_agent.models.parse import parse_task
+from edge_agent.models.preprocess import preprocess
+import edge_agent.models.quantize  # noqa: F401
+import edge_agent.models.pull  # noqa: F401
+from edge_agent import models
 md = open_model_dir(sys.argv[1])
 tok = md.load_tokenizer()
 x = preprocess([np.zeros((10, 20, 3), np.uint8)], md.preprocess_config())

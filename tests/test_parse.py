@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.errors import ConfigError
+from edge_agent.models.errors import ModelSettingError
 from florence_reference import processor, tokenizer
-from models.parse import decode_tracked, parse_task
-from models.prompts import TASK_TOKENS, prompt_for
+from edge_agent.models.parse import decode_tracked, parse_task
+from edge_agent.models.prompts import TASK_TOKENS, prompt_for
 
 TOKEN = {"od": "<OD>", "ocr": "<OCR_WITH_REGION>"}
 SIZES = [(768, 768), (640, 480), (1000, 333), (123, 77)]
@@ -76,7 +76,7 @@ def test_prompts_match_reference():
     for task, token in TASK_TOKENS.items():
         assert prompt_for(task) == proc._construct_prompts(token)[0]
         assert prompt_for(token) == prompt_for(task)
-    with pytest.raises(ConfigError, match="caption"):
+    with pytest.raises(ModelSettingError, match="caption"):
         prompt_for("caption")
 
 
@@ -141,7 +141,7 @@ def test_confidence_with_zero_probability_is_zero():
 
 
 def test_unknown_task():
-    with pytest.raises(ConfigError, match="'seg'"):
+    with pytest.raises(ModelSettingError, match="'seg'"):
         parse_task("seg", [2], [1.0], tokenizer())
 
 
@@ -188,7 +188,7 @@ FRAGMENTS = st.sampled_from(["<loc_1>", "<loc_22>", "<loc_999>", "a", " ", "\n",
 @settings(max_examples=1500, deadline=None)
 @given(text=st.lists(FRAGMENTS, max_size=60).map("".join))
 def test_fast_matchers_equal_reference_regexes(text):
-    from models.parse import OCR_LINE, OD_PHRASE, ocr_lines, od_phrases
+    from edge_agent.models.parse import OCR_LINE, OD_PHRASE, ocr_lines, od_phrases
 
     assert list(od_phrases(text)) == [m.span() for m in OD_PHRASE.finditer(text)]
     fast = [(s, e, tail.end(), tail.groups()) for s, e, tail in ocr_lines(text)]

@@ -7,12 +7,12 @@ import time
 import numpy as np
 
 from edge_agent.capture import Frame
-from edge_agent.gating import TileGate
-from edge_agent.pipeline import PipelineOptions, model_info, process_frame, tiling_options
+from edge_agent.gating import GatingOptions, TileGate
+from edge_agent.pipeline import PipelineOptions, model_info, process_frame
 from edge_agent.settings import load_settings
-from models.outputs import TaskOutput
-from tiling.regions import Regions
-from tiling.runner import TilingOptions
+from edge_agent.models.outputs import TaskOutput
+from edge_agent.tiling.regions import Regions
+from edge_agent.tiling.runner import TilingOptions
 
 
 class ScriptedEngine:
@@ -60,7 +60,7 @@ def test_tiles_of_a_round_go_to_the_engine_in_one_call(schema):
 
 def test_no_tiling_setting_reaches_the_tiling_options():
     s = load_settings(None, env={}, overrides={"tiling": {"enabled": False}})
-    opts = tiling_options(s)
+    opts = s.tiling
     assert opts.enabled is False
     eng = ScriptedEngine()
     result, tiled = process_frame(frame(1920, 1080), eng, PipelineOptions(tiling=opts))
@@ -69,7 +69,7 @@ def test_no_tiling_setting_reaches_the_tiling_options():
 
 def test_unchanged_tiles_reuse_results_per_camera():
     eng = ScriptedEngine()
-    gate = TileGate(threshold=6.0)
+    gate = TileGate(GatingOptions(threshold=6.0))
     opts = PipelineOptions(tiling=TilingOptions(), tasks=("od",))
     first, _ = process_frame(frame(1280, 720, 0), eng, opts, gate=gate)
     n = len(eng.calls[0])
@@ -100,7 +100,7 @@ def test_frames_of_several_cameras_share_one_engine_call_per_round():
     eng = ScriptedEngine()
     opts = PipelineOptions(tiling=TilingOptions())
     a, b = frame(1280, 720, camera="left"), frame(640, 480, camera="right")
-    out = process_frames([a, b], eng, opts, gate=TileGate(threshold=6.0), capture_s=[0.1, 0.2])
+    out = process_frames([a, b], eng, opts, gate=TileGate(GatingOptions(threshold=6.0)), capture_s=[0.1, 0.2])
     (ra, ta), (rb, tb) = out
     assert len(eng.calls) == 1 and len(eng.calls[0]) == len(ta.tiles) + len(tb.tiles)  # one batch
     assert (ra.camera_id, ra.width, ra.timings["capture"]) == ("left", 1280, 0.1)
@@ -135,15 +135,15 @@ def test_small_frame_resplit_tiles_with_repeated_boxes_pass_the_gate():
 def test_snapshot_is_annotated_and_size_limited():
     import cv2
 
-    from edge_agent.agent import snapshot_jpeg
+    from edge_agent.draw import picture
 
     eng = ScriptedEngine()
     rng = np.random.default_rng(0)
     f = frame(1280, 720)
     f.image[:] = rng.integers(0, 255, f.image.shape, dtype=np.uint8)  # noise: JPEG-hostile
     result, _ = process_frame(f, eng, PipelineOptions(tiling=TilingOptions()))
-    jpeg = snapshot_jpeg(f.image, result, max_bytes=60_000)
+    jpeg = picture(f.image, result, ".jpg", max_bytes=60_000)
     assert jpeg is not None and len(jpeg) <= 60_000
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[1] <= 1280
-    assert snapshot_jpeg(f.image, result, max_bytes=10) is None
+    assert picture(f.image, result, ".jpg", max_bytes=10) is None

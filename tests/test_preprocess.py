@@ -15,9 +15,9 @@ import json
 import numpy as np
 import pytest
 
-from edge_agent.errors import ModelError
+from edge_agent.models.errors import ModelDirError
 from florence_reference import FLORENCE_PREPROCESSOR, processor
-from models.preprocess import PreprocessConfig, preprocess
+from edge_agent.models.preprocess import PreprocessConfig, preprocess
 
 SHAPES = [(480, 640), (1080, 1920), (1000, 300), (768, 768), (77, 123), (1, 1), (2000, 2000)]
 
@@ -83,7 +83,7 @@ def test_from_dir_defaults_when_missing(tmp_path):
 def test_bad_config_names_file(tmp_path, content, match):
     f = tmp_path / "preprocessor_config.json"
     f.write_text(content)
-    with pytest.raises(ModelError, match=match) as e:
+    with pytest.raises(ModelDirError, match=match) as e:
         PreprocessConfig.from_dir(tmp_path)
     assert str(f) in str(e.value) and "\n" not in str(e.value)
 

@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 
 from broker import Subscriber
 from edge_agent.errors import ConfigError
-from edge_agent.publish import (MessageIdDeduper, MqttPublisher, MqttSettings, StdoutPublisher, Topics,
+from edge_agent.publish import (MessageIdDeduper, MqttOptions, MqttPublisher, StdoutPublisher, Topics,
                                 dedupe_by_message_id, open_publisher, parse_broker_url)
 from edge_agent.result import FrameResult
-from edge_agent.spool import Spool
+from edge_agent.secret import Secret
+from edge_agent.spool import Spool, SpoolOptions
 from pub_driver import make_result
-from tiling.regions import Regions
+from edge_agent.tiling.regions import Regions
 
 
 # -- URLs and settings -------------------------------------------------------------------
@@ -43,52 +44,40 @@ def test_parse_broker_url(url, expect):
     ("mqtt://user:pw@h:1883", "not in the URL"),
     ("mqtt://h:1883/topic", "no path"),
 ])
-def test_bad_broker_url_names_the_key(url, words):
-    with pytest.raises(ConfigError, match="mqtt.url") as e:
+def test_bad_broker_url_says_why(url, words):
+    with pytest.raises(ValueError) as e:
         parse_broker_url(url)
     assert words in str(e.value)
     assert "user:pw" not in str(e.value)  # a password in a URL is never echoed
+    with pytest.raises(ValueError, match="^broker: "):
+        MqttOptions(broker=url)
 
 
 def test_password_never_in_repr():
-    s = MqttSettings(username="agent", password="hunter2-secret")
+    s = MqttOptions(broker="mqtt://h", username="agent", password=Secret("hunter2-secret"))
     assert "hunter2" not in repr(s) and "hunter2" not in str(s)
-
-
-def test_from_config_maps_the_mqtt_section_and_unwraps_the_secret():
-    class Secret:  # settings.Secret's interface
-        def __init__(self, v):
-            self._v = v
-
-        def reveal(self):
-            return self._v
-
-    class Cfg:
-        broker, prefix, protocol, client_id, keepalive = "mqtts://b:8883", "", "5", "", 45
-        ca_file, cert_file, key_file, tls_insecure = "/ca.crt", "/c.crt", "/c.key", True
-        username, password, password_file = "agent", Secret("s3cret"), ""
-        reconnect_min, reconnect_max = 2.0, 30.0
-
-    m = MqttSettings.from_config(Cfg(), inflight=5)
-    assert (m.url, m.protocol, m.keepalive, m.tls_ca, m.tls_cert, m.tls_key, m.tls_insecure) == (
-        "mqtts://b:8883", "5", 45, "/ca.crt", "/c.crt", "/c.key", True)
-    assert (m.username, m.password, m.reconnect_min, m.reconnect_max, m.inflight) == ("agent", "s3cret", 2.0, 30.0, 5)
-    assert "s3cret" not in repr(m)
+    assert s.password.reveal() == "hunter2-secret"
 
 
 @pytest.mark.parametrize("kw,key", [
-    ({"protocol": "4"}, "mqtt.protocol"),
-    ({"qos": 2}, "mqtt.qos"),
-    ({"reconnect_min": 5, "reconnect_max": 1}, "mqtt.reconnect_min"),
-    ({"password": "x"}, "mqtt.username"),
-    ({"tls_ca": "/etc/hostname"}, "mqtt.url"),
-    ({"url": "mqtts://h", "tls_ca": "/nonexistent/ca.crt"}, "mqtt.tls_ca"),
-    ({"url": "mqtts://h", "tls_cert": "/etc/hostname"}, "mqtt.tls_cert"),
-    ({"inflight": 0}, "mqtt.inflight"),
+    ({"protocol": "4"}, "protocol"),
+    ({"qos": 2}, "qos"),
+    ({"reconnect_min": 5, "reconnect_max": 1}, "reconnect_max"),
+    ({"broker": "mqtt://h", "password": Secret("x")}, "username"),
+    ({"broker": "mqtt://h", "ca_file": "/etc/hostname"}, "ca_file"),
+    ({"broker": "mqtts://h", "cert_file": "/etc/hostname"}, "cert_file"),
+    ({"inflight": 0}, "inflight"),
+    ({"keepalive": 4}, "keepalive"),
+    ({"prefix": "shop/+/x"}, "prefix"),
 ])
-def test_bad_settings_are_config_errors(tmp_path, kw, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        MqttPublisher(MqttSettings(**kw), Spool.in_state_dir(tmp_path), "dev1")
+def test_bad_options_are_value_errors_naming_the_key(kw, key):
+    with pytest.raises(ValueError, match=f"^{key}: "):
+        MqttOptions(**kw)
+
+
+def test_missing_tls_file_is_a_config_error_at_start(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca_file = '/nonexistent/ca.crt': no such file"):
+        MqttPublisher(MqttOptions(broker="mqtts://h", ca_file="/nonexistent/ca.crt"), Spool.in_state_dir(tmp_path), "dev1")
 
 
 def test_topics_and_device_id():
@@ -100,19 +89,17 @@ def test_topics_and_device_id():
     for bad in ("a/b", "a+", "#", ""):
         with pytest.raises(ConfigError, match="device_id"):
             Topics.for_device(bad)
-    with pytest.raises(ConfigError, match="mqtt.prefix"):
-        Topics.for_device("dev1", "shop/+/x")
 
 
 def test_open_publisher_picks_stdout_without_a_broker(tmp_path):
-    assert isinstance(open_publisher(None, "dev1", tmp_path), StdoutPublisher)
-    assert isinstance(open_publisher(MqttSettings(url=""), "dev1", tmp_path), StdoutPublisher)
-    pub = open_publisher(MqttSettings(url="mqtt://127.0.0.1:1"), "dev1", tmp_path / "st", spool_max_mb=1)
+    assert isinstance(open_publisher(MqttOptions(), "dev1", tmp_path), StdoutPublisher)
+    pub = open_publisher(MqttOptions(broker="mqtt://127.0.0.1:1"), "dev1", tmp_path / "st", SpoolOptions(max_mb=1))
     assert isinstance(pub, MqttPublisher) and (tmp_path / "st" / "spool.sqlite3").exists()
 
 
 # -- stdout ------------------------------------------------------------------------------
 def test_stdout_publisher_writes_schema_valid_json_lines(schema, caplog):
+    caplog.set_level("DEBUG", logger="edge_agent.publish")
     out = io.StringIO()
     pub = StdoutPublisher("dev1", stream=out)
     pub.start()
@@ -188,7 +175,7 @@ def test_dedupe_by_message_id_keeps_first_copies_in_order():
 
 # -- in-process against a real broker ---------------------------------------------------------
 def fast(url, **kw):
-    return MqttSettings(url=url, reconnect_min=0.1, reconnect_max=0.5, keepalive=10, **kw)
+    return MqttOptions(broker=url, reconnect_min=0.1, reconnect_max=0.5, keepalive=10, **kw)
 
 
 def test_broker_down_at_start_then_up(tmp_path, broker, schema):
@@ -214,7 +201,7 @@ def test_full_spool_drops_oldest_and_stats_report_it(tmp_path, broker, schema):
     sub = Subscriber(broker, "edge-agent/dev1/#").start()
     broker.stop()
     one = len(json.dumps(make_result("cam0", 0).to_payload("dev1"), separators=(",", ":")))
-    spool = Spool.in_state_dir(tmp_path, max_mb=one * 4.5 / 1024 / 1024)  # room for four results
+    spool = Spool.in_state_dir(tmp_path, SpoolOptions(max_mb=one * 4.5 / 1024 / 1024))  # room for four results
     pub = MqttPublisher(fast(broker.url), spool, "dev1")
     pub.start()
     try:
@@ -283,7 +270,7 @@ def test_mqtt5_puback_error_is_logged_counted_and_not_retried(tmp_path, caplog):
     from broker import Broker
 
     b = Broker(tmp_path / "acl", users={"agent": "pw"}, acl="user agent\ntopic write edge-agent/dev1/status\n").start()
-    pub = MqttPublisher(fast(b.url, protocol="5", username="agent", password="pw"), Spool.in_state_dir(tmp_path), "dev1")
+    pub = MqttPublisher(fast(b.url, protocol="5", username="agent", password=Secret("pw")), Spool.in_state_dir(tmp_path), "dev1")
     pub.start()
     try:
         pub.publish_result(make_result("cam0", 0))
@@ -292,4 +279,4 @@ def test_mqtt5_puback_error_is_logged_counted_and_not_retried(tmp_path, caplog):
     finally:
         pub.close()
         b.stop()
-    assert "rejected spooled message 1: Not authorized" in caplog.text
+    assert "result 1 can never be sent (rejected: broker" in caplog.text and "answered Not authorized" in caplog.text

@@ -11,10 +11,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge_agent.errors import ConfigError, ModelError
-from models.modeldir import FAST_PARTS, PARTS, VARIANTS, open_model_dir, verify
-from models.onnxmeta import read_graph_meta
-from models.quantize import quantize_dir
+from edge_agent.models.errors import ModelDirError, ModelSettingError
+from edge_agent.models.modeldir import FAST_PARTS, PARTS, VARIANTS, open_model_dir, verify
+from edge_agent.models.onnxmeta import read_graph_meta
+from edge_agent.models.quantize import quantize_dir
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-florence2"
 
@@ -69,7 +69,7 @@ def run(file, part, cfg):
 
 
 @pytest.mark.parametrize("dtype, suffix, expect_op, min_corr", [
-    ("int8", "_int8", "MatMulInteger", 0.99),
+    ("int8", "_int8", "MatMulNBits", 0.99),
     ("q4", "_q4", "MatMulNBits", 0.9),
     ("fp16", "_fp16", None, 0.999),
 ])
@@ -110,12 +110,12 @@ def test_int8_matches_committed_fixture_variant(fp32_dir):
 
 def test_missing_fp32_source(tmp_path):
     (tmp_path / "onnx").mkdir()
-    with pytest.raises(ModelError, match="vision_encoder.onnx: file missing"):
+    with pytest.raises(ModelDirError, match="vision_encoder.onnx: file missing"):
         quantize_dir(tmp_path, "int8")
 
 
 def test_unknown_dtype(tmp_path):
-    with pytest.raises(ConfigError, match="'int4'"):
+    with pytest.raises(ModelSettingError, match="'int4'"):
         quantize_dir(tmp_path, "int4")
 
 
@@ -123,7 +123,7 @@ def test_broken_source_names_file(tmp_path):
     (tmp_path / "onnx").mkdir()
     for part in PARTS:
         (tmp_path / "onnx" / f"{part}.onnx").write_bytes(b"not an onnx file")
-    with pytest.raises(ModelError, match="vision_encoder.onnx: .* while converting") as e:
+    with pytest.raises(ModelDirError, match="vision_encoder.onnx: .* while converting") as e:
         quantize_dir(tmp_path, "fp16")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "onnx" / "vision_encoder_fp16.onnx").exists()
@@ -132,7 +132,7 @@ def test_broken_source_names_file(tmp_path):
 @pytest.mark.parametrize("dtype", ["int8", "q4", "fp16"])
 def test_external_data_output(tmp_path, monkeypatch, dtype):
     """What happens for graphs over the protobuf limit, forced here with a zero threshold."""
-    from models import quantize as q
+    from edge_agent.models import quantize as q
 
     if not (TINY / "onnx" / "encoder_model.onnx").is_file():
         pytest.skip("tiny fixture model not present")
@@ -180,7 +180,7 @@ def test_mapped_embedding_table_is_resident_only_where_read(tmp_path):
     import subprocess
     import sys
 
-    from models.export import map_weights
+    from edge_agent.models.export import map_weights
 
     table = onnx.numpy_helper.from_array(np.random.default_rng(0).random((20000, 800), np.float32), "table")
     node = onnx.helper.make_node("Gather", ["table", "input_ids"], ["inputs_embeds"])

@@ -97,11 +97,11 @@ def test_startup_errors_exit_2_with_one_line(tmp_path):
     p = edge_agent("run", "--source", str(make_video(tmp_path / "v.avi", 1)), "--once", "--model", str(tmp_path / "nomodel"))
     assert p.returncode == 2 and "nomodel" in p.stderr and "Traceback" not in p.stderr, p.stderr
     p = edge_agent("run", "--once", "--broker", "http://x")
-    assert p.returncode == 2 and "mqtt.broker = 'http://x'" in p.stderr
+    assert p.returncode == 2 and "command line --broker = 'http://x'" in p.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[agent]\ninterval = -3\n")
     p = edge_agent("run", "--config", str(bad), "--once")
-    assert p.returncode == 2 and f"{bad}: [agent] interval = -3.0: must be >= 0" in p.stderr
+    assert p.returncode == 2 and f"{bad}: [agent] interval = -3: must be >= 0" in p.stderr
     p = edge_agent("run", "--camera", "0", "--source", "x.mp4")
     assert p.returncode == 2 and "not both" in p.stderr
 
@@ -130,6 +130,7 @@ def test_frames_failing_in_a_row_end_the_run_with_exit_1(tmp_path, monkeypatch, 
     import pytest
 
     from edge_agent import agent as agent_mod
+    from edge_agent.cli import exit_status
     from edge_agent.errors import RuntimeFailure
 
     class Broken:
@@ -139,10 +140,10 @@ def test_frames_failing_in_a_row_end_the_run_with_exit_1(tmp_path, monkeypatch, 
             raise RuntimeError("onnxruntime: out of memory")
 
     s = one_looping_image_settings(tmp_path)
-    monkeypatch.setattr(agent_mod, "build_engine", lambda settings: Broken())
+    monkeypatch.setattr(agent_mod, "build_engine", lambda settings, progress=None: Broken())
     with pytest.raises(RuntimeFailure) as err:
         agent_mod.Agent(s, agent_mod.RunLimits(drain_timeout=0)).run(install_signals=False)
-    assert err.value.exit_code == 1 and "out of memory" in str(err.value)
+    assert exit_status(err.value) == 1 and "out of memory" in str(err.value)
     assert capsys.readouterr().out == ""  # no result was published
 
 
@@ -151,8 +152,8 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
     import threading
 
     from edge_agent import agent as agent_mod
-    from models.outputs import TaskOutput
-    from tiling.regions import Regions
+    from edge_agent.models.outputs import TaskOutput
+    from edge_agent.tiling.regions import Regions
 
     stop = threading.Event()
 
@@ -164,7 +165,7 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
             return [{t: TaskOutput(t, Regions.empty(t == "ocr"), False, "", ()) for t in tasks} for _ in crops]
 
     s = one_looping_image_settings(tmp_path)
-    monkeypatch.setattr(agent_mod, "build_engine", lambda settings: StopsMidFrame())
+    monkeypatch.setattr(agent_mod, "build_engine", lambda settings, progress=None: StopsMidFrame())
     code = agent_mod.Agent(s, agent_mod.RunLimits(), stop_event=stop).run(install_signals=False)
     lines = json_lines(capsys.readouterr().out)
     assert code == 0 and [r["seq"] for r in lines] == [0]
@@ -172,13 +173,13 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
 
 def test_model_section_reaches_the_engine_options(tmp_path):
     """[model] keys (decode_batch, threads, num_beams, max_new_tokens) arrive in EngineOptions."""
-    from edge_agent.agent import build_engine
+    from edge_agent.model import build_engine
     from edge_agent.settings import load_settings
 
     cfg = tmp_path / "edge-agent.toml"
     cfg.write_text(f'[model]\ndir = "{MODEL}"\nvariant = ""\ndecode_batch = 3\nthreads = 1\n'
                    'num_beams = 2\nmax_new_tokens = 40\n')
-    engine = build_engine(load_settings(cfg, env={"STATE_DIRECTORY": str(tmp_path / "state")}))
+    engine = build_engine(load_settings(cfg, env={"STATE_DIRECTORY": str(tmp_path / "state")}).model)
     o = engine.opts
     assert (o.decode_batch, o.intra_op_threads, o.num_beams, o.max_new_tokens) == (3, 1, 2, 40)
     assert engine.info["variant"] == "fp32"

@@ -174,7 +174,7 @@ def test_the_installers_empty_credential_does_not_shadow_password_file(tmp_path)
     (creds / "mqtt_password").write_bytes(b"")
     (tmp_path / "pw").write_text("from-file\n")
     cfg = tmp_path / "edge-agent.toml"
-    cfg.write_text('[mqtt]\nbroker = "mqtt://127.0.0.1:1883"\npassword_file = "pw"\n')
+    cfg.write_text('[mqtt]\nbroker = "mqtt://127.0.0.1:1883"\nusername = "u"\npassword_file = "pw"\n')
     env = {"CREDENTIALS_DIRECTORY": str(creds), "STATE_DIRECTORY": str(tmp_path / "state")}
     s = load_settings(cfg, env=env)
     assert s.mqtt.password.reveal() == "from-file"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ConfigError
-from edge_agent.spool import SPOOL_FILE, Spool
+from edge_agent.spool import SPOOL_FILE, Spool, SpoolOptions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def test_survives_sigkill_of_the_writer(tmp_path):
 
 
 def test_size_bound_drops_oldest_first_and_counts_persist(tmp_path):
-    s = Spool.in_state_dir(tmp_path, max_mb=10_000 / 1024 / 1024)  # 10 kB
+    s = Spool.in_state_dir(tmp_path, SpoolOptions(max_mb=10_000 / 1024 / 1024))  # 10 kB
     for i in range(25):
         s.append("t", bytes([i]) * 1000)
     left = s.after(0, 100)
@@ -76,14 +76,14 @@ def test_size_bound_drops_oldest_first_and_counts_persist(tmp_path):
     assert [e.payload[0] for e in left] == list(range(15, 25))
     assert s.dropped() == 15
     s.close()
-    s = Spool.in_state_dir(tmp_path, max_mb=10_000 / 1024 / 1024)
+    s = Spool.in_state_dir(tmp_path, SpoolOptions(max_mb=10_000 / 1024 / 1024))
     assert s.dropped() == 15 and s.size_bytes() == 10_000
     s.count_dropped(2)
     assert s.dropped() == 17
 
 
 def test_one_message_larger_than_the_bound_is_kept(tmp_path):
-    s = Spool.in_state_dir(tmp_path, max_mb=1000 / 1024 / 1024)
+    s = Spool.in_state_dir(tmp_path, SpoolOptions(max_mb=1000 / 1024 / 1024))
     s.append("t", b"a" * 10)
     s.append("t", b"b" * 5000)
     assert [e.payload[:1] for e in s.after(0, 10)] == [b"b"]
@@ -91,7 +91,7 @@ def test_one_message_larger_than_the_bound_is_kept(tmp_path):
 
 
 def test_age_bound(tmp_path):
-    s = Spool.in_state_dir(tmp_path, max_age_hours=1.0)
+    s = Spool.in_state_dir(tmp_path, SpoolOptions(max_age_hours=1.0))
     a = s.append("t", b"old")
     s.append("t", b"new")
     with s._lock, s._db:  # backdate the first row by two hours
@@ -132,10 +132,10 @@ def test_concurrent_append_and_delete(tmp_path):
 
 
 def test_bad_bounds_and_unwritable_state_dir(tmp_path):
-    with pytest.raises(ConfigError, match="spool.max_mb"):
-        Spool.in_state_dir(tmp_path, max_mb=0)
-    with pytest.raises(ConfigError, match="spool.max_age_hours"):
-        Spool.in_state_dir(tmp_path, max_age_hours=-1)
+    with pytest.raises(ValueError, match="^max_mb: "):
+        SpoolOptions(max_mb=0)
+    with pytest.raises(ValueError, match="^max_age_hours: "):
+        SpoolOptions(max_age_hours=-1)
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match="state dir"):

@@ -110,7 +110,7 @@ SANDBOXED_WORK = r'''
 import sys, socket
 sys.path.insert(0, sys.argv[1])
 import cv2, numpy as np, paho.mqtt.client as mqtt
-from models.engine import EngineOptions, Florence2Engine
+from edge_agent.models.engine import EngineOptions, Florence2Engine
 from edge_agent.service import Notifier
 from edge_agent.spool import Spool
 root, port, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from edge_agent.cli import cli
 from edge_agent.draw import draw_regions, draw_tiles
-from tiling.plan import Tile, plan_tiles
-from tiling.regions import Regions
+from edge_agent.tiling.plan import Tile, plan_tiles
+from edge_agent.tiling.regions import Regions
 
 
 @pytest.fixture
@@ -61,7 +61,8 @@ def test_unreadable_image_is_one_line_exit_2(tmp_path, content):
     res = run(path)
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and str(path) in lines[0] and "cannot read image" in lines[0]
+    why = "no such image file" if content is None else "cannot read this image"
+    assert lines == [f"edge-agent: error: {path}: {why}" + ("" if content is None else lines[0].split(why)[1])]
 
 
 def test_bad_overlap_and_unwritable_drawing_exit_2(frame_path, tmp_path):

@@ -2,9 +2,15 @@
 import numpy as np
 import pytest
 
-from tiling import merge as M
-from tiling.merge import greedy_groups, merge_boxes, rank_order, suppress
-from tiling.regions import Regions
+from edge_agent.tiling import merge as M
+from edge_agent.tiling.merge import greedy_groups, merge_boxes, rank_order
+from edge_agent.tiling.regions import Regions
+
+
+def suppress(boxes, scores, metric, threshold, groups=None):
+    """Greedy NMS as merge_boxes(method="nms") runs it: the kept indices, best first."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return greedy_groups(boxes, rank_order(boxes, scores, None), metric, threshold, groups)[0]
 
 
 def R(boxes, scores, labels=None, cut=None):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from tiling.ocr import merge_text
-from tiling.plan import Tile, mark_cut
-from tiling.regions import Regions
+from edge_agent.tiling.ocr import merge_text
+from edge_agent.tiling.plan import Tile, mark_cut
+from edge_agent.tiling.regions import Regions
 
 
 def line(x0, y0, x1, y1):
@@ -92,7 +92,7 @@ from dataclasses import dataclass  # noqa: E402
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from tiling.runner import TilingOptions, detect_tiled  # noqa: E402
+from edge_agent.tiling.runner import TilingOptions, detect_tiled  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tiling.plan import Tile
-from tiling.regions import Regions
-from tiling.runner import TilingOptions, detect_tiled
+from edge_agent.tiling.plan import Tile
+from edge_agent.tiling.regions import Regions
+from edge_agent.tiling.runner import TilingOptions, detect_tiled
 
 
 @dataclass(frozen=True)

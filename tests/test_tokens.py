@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.modeldir import BUNDLED_TOKENIZER, open_model_dir
-from models.parse import parse_task
-from models.prompts import prompt_for
-from models.tokens import LeanTokenizer
+from edge_agent.models.modeldir import BUNDLED_TOKENIZER, open_model_dir
+from edge_agent.models.parse import parse_task
+from edge_agent.models.prompts import prompt_for
+from edge_agent.models.tokens import LeanTokenizer, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny-florence2"
@@ -37,6 +37,15 @@ def test_ids_and_sizes_equal_transformers(both):
         assert lean(text)["input_ids"] == ref(text)["input_ids"], text
         assert lean(text, add_special_tokens=False)["input_ids"] == ref(text, add_special_tokens=False)["input_ids"]
     assert sorted(lean.all_special_tokens) == sorted(ref.all_special_tokens)
+
+
+def test_both_offer_the_tokenizer_protocol(both):
+    members = set(Tokenizer.__annotations__) | {n for n, v in vars(Tokenizer).items() if callable(v)
+                                                and (not n.startswith("_") or n in ("__len__", "__call__"))}
+    assert members == {"all_special_tokens", "backend_tokenizer", "__len__", "__call__", "decode",
+                       "convert_ids_to_tokens", "convert_tokens_to_string"}
+    for tok in both:
+        assert all(hasattr(tok, m) for m in members), type(tok).__name__
 
 
 def test_decode_and_tokens_equal_transformers(both):

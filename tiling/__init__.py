@@ -1,9 +1,9 @@
 """Tile plans, coordinate mapping and merges for dense scenes. Pure numpy."""
-from tiling.merge import merge_boxes
-from tiling.ocr import merge_text
-from tiling.plan import Tile, mark_cut, plan_tiles, split_tile, tile_size_for_density
-from tiling.regions import Regions
-from tiling.runner import TiledResult, TilingOptions, detect_tiled
+from edge_agent.tiling.merge import merge_boxes
+from edge_agent.tiling.ocr import merge_text
+from edge_agent.tiling.plan import Tile, mark_cut, plan_tiles, split_tile, tile_size_for_density
+from edge_agent.tiling.regions import Regions
+from edge_agent.tiling.runner import TiledResult, TilingOptions, detect_tiled
 
 __all__ = [
     "Regions",

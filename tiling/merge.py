@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tiling.regions import Regions
+from edge_agent.tiling.regions import Regions
 
 METHODS = ("nms", "nmm")
 METRICS = ("iou", "ios")
@@ -118,14 +118,6 @@ def rank_order(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = N
     bt = b[idx]
     order[pos] = idx[np.lexsort((idx, bt[:, 3], bt[:, 2], bt[:, 1], bt[:, 0], run[pos]))]
     return order
-
-
-def suppress(boxes, scores, metric: str = "ios", threshold: float = 0.5, groups=None, cut=None) -> np.ndarray:
-    """Greedy NMS: indices of the kept boxes, best first."""
-    _check("nms", metric, threshold)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    keep, _ = greedy_groups(boxes, rank_order(boxes, scores, cut), metric, threshold, groups)
-    return keep
 
 
 def greedy_groups(boxes: np.ndarray, order: np.ndarray, metric: str, threshold: float,

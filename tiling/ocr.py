@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tiling.merge import greedy_from_pairs, greedy_groups, match_pairs, rank_order
-from tiling.regions import Regions
+from edge_agent.tiling.merge import greedy_from_pairs, greedy_groups, match_pairs, rank_order
+from edge_agent.tiling.regions import Regions
 
 MIN_STITCH = 2  # characters two cut parts must share to be stitched
 

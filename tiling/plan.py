@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiling.regions import Regions
+from edge_agent.tiling.regions import Regions
 
 DEFAULT_TILE = 768  # Florence-2's input side
 TOKENS_PER_OBJECT = 7.0  # one label (1-3 tokens) + 4 <loc_> tokens, as Florence-2 writes <od>
@@ -39,14 +39,6 @@ class Tile:
     def to_frame(self, regions: Regions) -> Regions:
         """Tile pixels -> frame pixels (boxes and quads)."""
         return regions.shifted(self.x0, self.y0)
-
-    def to_tile(self, regions: Regions) -> Regions:
-        """Frame pixels -> tile pixels (boxes and quads)."""
-        return regions.shifted(-self.x0, -self.y0)
-
-    def crop(self, image: np.ndarray) -> np.ndarray:
-        """This tile's pixels of an HxWxC frame (a view, no copy)."""
-        return image[self.y0:self.y1, self.x0:self.x1]
 
 
 def overlap_pixels(overlap: float, size: int) -> int:

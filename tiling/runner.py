@@ -13,10 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tiling.merge import METHODS, METRICS, merge_boxes
-from tiling.ocr import merge_text
-from tiling.plan import Tile, mark_cut, overlap_pixels, plan_tiles, split_tile, tile_size_for_density
-from tiling.regions import Regions
+from edge_agent.tiling.merge import METHODS, METRICS, merge_boxes
+from edge_agent.tiling.ocr import merge_text
+from edge_agent.tiling.plan import Tile, mark_cut, overlap_pixels, plan_tiles, split_tile, tile_size_for_density
+from edge_agent.tiling.regions import Regions
 
 Infer = Callable[[Sequence[Tile]], Sequence[dict]]
 
