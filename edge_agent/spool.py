@@ -234,12 +234,7 @@ class Spool:
                     self._count_locked(reason, 1)
                     return
             self._pending.buries[entry_id] = reason
-            try:
-                with self._db:
-                    self._write_pending_locked()
-                self._wrote_locked()
-            except sqlite3.DatabaseError as e:
-                self._write_failed_locked(e, "bury")
+            self._flush_pending_locked("bury")
 
     def expire(self, now: float | None = None) -> int:
         """Drop rows older than the age bound (and any over the size bound); retry what could
@@ -484,12 +479,17 @@ class Spool:
         self._pending.drops[reason] += int(n)
         if self._write_error is not None and self.clock() < self._next_try:
             return  # the file refuses writes: counted with the next write that works
+        self._flush_pending_locked("count")
+
+    def _flush_pending_locked(self, what: str) -> None:
+        """Write the pending buries and drop counts in one transaction; a refused write is
+        remembered (`_write_failed_locked`) and retried with the next write."""
         try:
             with self._db:
                 self._write_pending_locked()
             self._wrote_locked()
         except sqlite3.DatabaseError as e:
-            self._write_failed_locked(e, "count")
+            self._write_failed_locked(e, what)
 
     def _enforce_bounds_locked(self, now: float, keep_id: int | None = None) -> int:
         cut = now - self.max_age_s

@@ -103,6 +103,14 @@ def _generate_reference(model, eng: Florence2Engine, tiles, task: str):
                               **kw)
 
 
+
+def assert_token_exact(model, eng: Florence2Engine, tiles, outs) -> None:
+    """Every (tile, task) sequence of `outs` equals transformers' generate on the same weights."""
+    for task in ("od", "ocr"):
+        ref = _generate_reference(model, eng, tiles, task)
+        for i in range(len(tiles)):
+            assert list(outs[i][task].token_ids) == _trim(ref.sequences[i].tolist(), 2, eng.settings.pad_token_id)
+
 def test_outputs_depend_on_image_and_task(tiles):
     outs = engine_run(tiles, 1)
     od = [o["od"].token_ids for o in outs]

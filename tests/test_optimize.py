@@ -80,7 +80,7 @@ def test_parity_check_catches_a_wrong_weight():
 
 def test_token_ids_equal_transformers(optimized):
     torch = pytest.importorskip("torch")  # noqa: F841
-    from test_generation_parity import MAX_NEW, _trim, reference, synthetic_tiles
+    from test_generation_parity import MAX_NEW, assert_token_exact, synthetic_tiles
     from fixtures.make_tiny_model import build_torch_model
     from edge_agent.models.engine import EngineOptions, Florence2Engine
 
@@ -88,11 +88,7 @@ def test_token_ids_equal_transformers(optimized):
     assert type(eng.runner).__name__ == "BufferedRunner"
     tiles = synthetic_tiles()
     outs = eng.run(tiles, ("od", "ocr"))
-    model = build_torch_model()
-    for task in ("od", "ocr"):
-        ref = reference(model, eng, tiles, task)
-        for i in range(len(tiles)):
-            assert list(outs[i][task].token_ids) == _trim(ref.sequences[i].tolist(), 2, eng.settings.pad_token_id)
+    assert_token_exact(build_torch_model(), eng, tiles, outs)
 
 
 def test_not_a_merged_decoder(tmp_path, community):

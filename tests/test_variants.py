@@ -135,15 +135,11 @@ def test_fp32_is_token_exact_with_transformers(community, tiles):
     """The four onnx-community parts alone (merged decoder) against transformers' generate."""
     pytest.importorskip("torch")
     from fixtures.make_tiny_model import build_torch_model
-    from test_generation_parity import _generate_reference, _trim
+    from test_generation_parity import assert_token_exact
 
     eng = engine(community, "fp32")
     outs = eng.run(tiles, ("od", "ocr"))
-    model = build_torch_model()
-    for task in ("od", "ocr"):
-        ref = _generate_reference(model, eng, tiles, task)
-        for i in range(len(tiles)):
-            assert list(outs[i][task].token_ids) == _trim(ref.sequences[i].tolist(), 2, eng.settings.pad_token_id)
+    assert_token_exact(build_torch_model(), eng, tiles, outs)
 
 
 # Correlation of the three tiles' first-step logits with fp32's, measured on this fixture with
