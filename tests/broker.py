@@ -174,9 +174,13 @@ class Broker:
         self.start()
 
     def _mosquitto_conf(self) -> Path:
+        # max_queued_messages 0: no per-client queue limit.  Mosquitto's default (1000) drops
+        # QoS 1 messages for a subscriber that falls that far behind ("Outgoing messages are
+        # being dropped for client ..."): a test subscriber slowed by a busy machine can be,
+        # and the agent's messages would then go missing between the broker and the test.
         lines = [f"listener {self.port} 127.0.0.1", "persistence true",
                  f"persistence_location {self.workdir}/", "log_dest stdout", "log_type all",
-                 f"allow_anonymous {'false' if self.users else 'true'}"]
+                 "max_queued_messages 0", f"allow_anonymous {'false' if self.users else 'true'}"]
         if os.geteuid() == 0:  # mosquitto would switch to user "mosquitto", who cannot read pytest's tmp dirs
             lines.append("user root")
         if self.users:
@@ -284,15 +288,22 @@ class Subscriber:
             self._cond.notify_all()
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "messages"):
+        """Until `predicate(messages)` holds.  The predicate runs on a copy, outside the lock:
+        paho's network thread (`_on_message`) never waits for it, so a slow predicate does
+        not hold the subscriber back."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.messages):
+        while True:
+            with self._cond:
+                msgs = list(self.messages)
+            if predicate(msgs):
+                return msgs
+            with self._cond:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     topics = [m.topic for m in self.messages][-20:]
                     raise AssertionError(f"timed out after {timeout}s waiting for {what}; got {len(self.messages)}: {topics}")
-                self._cond.wait(min(left, 0.5))
-            return list(self.messages)
+                if len(self.messages) == len(msgs):
+                    self._cond.wait(min(left, 0.5))
 
     def wait_connects(self, n: int, timeout: float = 30.0) -> None:
         """Wait until the subscriber has (re)connected n times in all."""
