@@ -212,7 +212,10 @@ def machine() -> str:
         pass
     import onnxruntime
 
-    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
+    from edge_agent.models.cpu import int8_isa
+
+    return (f"{cpu} ({int8_isa()}), {os.cpu_count()} logical cores, Python {platform.python_version()}, "
+            f"onnxruntime {onnxruntime.__version__}")
 
 
 COLUMNS = [("vision_s_tile", "vision s/tile", "{:.3f}"), ("encoder_s_tile", "encoder s/tile", "{:.3f}"),

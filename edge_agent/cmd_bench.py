@@ -8,6 +8,7 @@ Progress goes to stderr; the stage table to stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -86,11 +87,14 @@ def bench(ctx, config, tiles, tokens, image, decode_probe, quick, as_json, **_):
         res["decode_od_ms_step"] = measure_decode(engine, clock, frame, work, progress=_progress)
     res.pop("token_ids")
     res.pop("od_boxes")
+    from edge_agent.models.cpu import int8_isa
+
     if as_json:
-        click.echo(json.dumps({"model": engine.info, "workload": work.describe(), **res}))
+        click.echo(json.dumps({"model": engine.info, "workload": work.describe(), "int8_isa": int8_isa(), **res}))
         return
     click.echo(f"model: {engine.info['dir']} ({engine.info['variant']}, {', '.join(engine.info['providers'])})")
     click.echo(f"workload: {work.describe()}")
+    click.echo(f"cpu: {os.cpu_count()} logical cores, int8 instructions: {int8_isa()}")
     extra = (("decode_od_ms_step", f"decode b{work.tiles} od", "{:.1f}"),) if decode_probe else ()
     click.echo(format_table({f"edge-agent {engine.info['variant']}": res}, extra))
     click.echo(f"frame_s: {res['frame_s']:.2f}")

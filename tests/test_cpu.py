@@ -1,0 +1,22 @@
+"""models/cpu.py names the int8 instruction set from /proc/cpuinfo, as benchmarks print it."""
+from edge_agent.models.cpu import cpu_flags, int8_isa
+
+EPYC_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n"
+EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+ALDER = "flags\t\t: avx2 avx_vnni\n"
+PI5 = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n"
+PI4 = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+
+
+def test_names_each_kind_of_cpu():
+    assert int8_isa(EPYC_VNNI, "x86_64") == "AVX-512 VNNI"
+    assert int8_isa(EPYC_AVX2, "x86_64") == "AVX2 (no VNNI)"
+    assert int8_isa(ALDER, "x86_64") == "AVX-VNNI"
+    assert int8_isa(PI5, "aarch64") == "ARM dotprod"
+    assert int8_isa(PI4, "aarch64") == "ARM (no dotprod)"
+    assert int8_isa("", "riscv64") == "riscv64"
+    assert "asimddp" in cpu_flags(PI5) and "avx2" in cpu_flags(EPYC_AVX2)
+
+
+def test_this_machine_has_an_answer():
+    assert int8_isa()
