@@ -75,6 +75,15 @@ class FinetuneOptions:
     eval_max_new_tokens: int = 1024
     eval_beams: int | None = None  # None: generation_config.json's
     progress: bool = True  # a tqdm bar on stderr
+    # Initial embeddings of the 1000 <loc_N> tokens of a --random-config model: "sinusoidal"
+    # gives neighbouring bins similar rows (the tied lm_head then scores near misses close to
+    # the target), "random" keeps the architecture's own initialisation.  Checkpoints keep theirs.
+    # Not the default: no measured gain yet (docs/training.md).
+    loc_init: str = "random"
+    # Learning rate of the image side (vision tower, image projection, text encoder) as a
+    # share of --lr.  From scratch at 1.0 the encoder collapses within 50 steps (its output
+    # stops depending on the image; docs/training.md section 6); 0.1 kept it seeing.
+    encoder_lr_scale: float = 1.0
 
     def __post_init__(self):
         if bool(self.source) == bool(self.random_config):
@@ -89,7 +98,9 @@ class FinetuneOptions:
                   "max target tokens": 8 <= self.max_target_tokens <= 4096,
                   "checkpoint every": self.checkpoint_every >= 1, "log every": self.log_every >= 1,
                   "max steps": self.max_steps is None or self.max_steps >= 1, "threads": self.threads >= 0,
-                  "weight decay": self.weight_decay >= 0}
+                  "weight decay": self.weight_decay >= 0,
+                  "loc init": self.loc_init in ("sinusoidal", "random"),
+                  "encoder lr scale": 0 < self.encoder_lr_scale <= 1}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name.replace(' ', '_'))!r}")
@@ -126,7 +137,10 @@ def load_model(opts: FinetuneOptions):
     from edge_agent.models.export import DEFAULT_TOKENIZER_DIR, download_checkpoint, is_hub_id, random_model
 
     if opts.random_config:
-        return random_model(opts.random_config, opts.seed, text_std=0.0), DEFAULT_TOKENIZER_DIR
+        model = random_model(opts.random_config, opts.seed, text_std=0.0)
+        if opts.loc_init == "sinusoidal":
+            smooth_loc_embeddings(model, DEFAULT_TOKENIZER_DIR)
+        return model, DEFAULT_TOKENIZER_DIR
     src = download_checkpoint(opts.source) if is_hub_id(opts.source) else Path(opts.source).expanduser()
     if not src.is_dir():
         raise ModelSettingError(f"--from {opts.source}: not a checkpoint folder nor a hub id (owner/name)")
@@ -137,6 +151,30 @@ def load_model(opts: FinetuneOptions):
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{src}: cannot load a Florence-2 checkpoint: {str(exc).splitlines()[0]}") from None
     return model, (src if (src / "tokenizer.json").is_file() else DEFAULT_TOKENIZER_DIR)
+
+
+def smooth_loc_embeddings(model, tok_dir) -> int:
+    """Set the `<loc_0>`..`<loc_999>` embedding rows to the transformer's sinusoidal position
+    code of the bin number, scaled to the embedding's own standard deviation.  The lm_head is
+    tied to these rows, so a decoder state close to bin N's row also scores N±1 high: the
+    loss on a near miss pulls towards the target instead of being one of 1000 unrelated classes.
+    Returns the number of rows set."""
+    import torch
+
+    from edge_agent.models.tokens import LeanTokenizer
+
+    tok = LeanTokenizer(Path(tok_dir) / "tokenizer.json")
+    ids = [tok.backend_tokenizer.token_to_id(f"<loc_{n}>") for n in range(1000)]
+    emb = model.get_input_embeddings().weight
+    d = emb.shape[1]
+    pos = torch.arange(1000, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    code = torch.zeros(1000, d)
+    code[:, 0::2] = torch.sin(pos * freq)
+    code[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    with torch.no_grad():
+        emb[torch.tensor(ids)] = code * (float(emb.std()) / float(code.std()))
+    return len(ids)
 
 
 def image_token_count(model, side: int) -> int:
@@ -257,7 +295,7 @@ def save_checkpoint(out: Path, step: int, state: dict, meta: dict) -> Path:
 
 
 RESUME_KEYS = ("data", "source", "random_config", "tasks", "image_size", "mode", "lora_rank", "heldout", "seed",
-               "batch_size", "max_target_tokens")
+               "batch_size", "max_target_tokens", "encoder_lr_scale")
 
 
 def _meta(opts: FinetuneOptions, step: int, total: int) -> dict:
@@ -277,6 +315,27 @@ def _check_resume(opts: FinetuneOptions, meta: dict, where: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- training
+
+def is_image_side(name: str) -> bool:
+    """The parameters that turn the image into the encoder's output: the vision tower, the
+    image projection and position embeddings, and the text encoder (not the decoder, not the
+    shared token embeddings)."""
+    if "decoder" in name or "shared" in name or "embed_tokens" in name or "lm_head" in name:
+        return False
+    return any(k in name for k in ("vision", "image_", "visual_", "encoder."))
+
+
+def param_groups(model, lr: float, encoder_scale: float) -> list[dict]:
+    """One AdamW group at lr, and the image side (is_image_side) at lr * encoder_scale."""
+    fast, slow = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (slow if encoder_scale != 1.0 and is_image_side(name) else fast).append(p)
+    groups = [{"params": fast}]
+    if slow:
+        groups.append({"params": slow, "lr": lr * encoder_scale})
+    return groups
+
 
 def lr_lambda(warmup_steps: int, total: int) -> Callable[[int], float]:
     """Linear warm-up to 1, then cosine to 0 (transformers' get_cosine_schedule_with_warmup)."""
@@ -306,6 +365,29 @@ def heldout_loss(model, batcher: Batcher, examples: list[Example], batch_size: i
             n += len(chunk)
     model.train()
     return total / n
+
+
+SPREAD_WARN = 0.05
+
+
+def encoder_spread(model, batcher: Batcher, examples: list[Example], n: int = 4) -> float | None:
+    """How much the encoder's output depends on the image: the mean absolute difference between
+    the encoder outputs of up to `n` held-out images (same task, so the same prompt), over the
+    mean absolute output.  A healthy model keeps it well above 0.1 (a random one is about 0.5);
+    near 0 the encoder has collapsed to one output for every image and the decoder can only
+    learn a prior (typical labels and bins), which no amount of further training undoes."""
+    import torch
+
+    task = examples[0].task if examples else None
+    chunk = [e for e in examples if e.task == task][:n]
+    if len(chunk) < 2:
+        return None
+    model.eval()
+    with torch.no_grad():
+        h = model(**batcher(chunk)).encoder_last_hidden_state
+    model.train()
+    diffs = [(h[i] - h[j]).abs().mean() for i in range(len(chunk)) for j in range(i + 1, len(chunk))]
+    return float(torch.stack(diffs).mean() / h.abs().mean().clamp_min(1e-12))
 
 
 class _Log:
@@ -353,7 +435,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
     if opts.mode == "lora":
         model = apply_lora(model, opts.lora_rank)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.encoder_lr_scale), lr=opts.lr,
+                                  weight_decay=opts.weight_decay)
     spe = math.ceil(len(examples) / opts.batch_size)
     total = opts.max_steps or max(1, math.ceil(opts.epochs * spe))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(opts.warmup * total), total))
@@ -384,10 +467,14 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
     def checkpoint(at: int):
         nonlocal held
         held = heldout_loss(model, held_batch, held_examples, opts.batch_size, opts.heldout_batches)
+        spread = encoder_spread(model, held_batch, held_examples)
+        if spread is not None and spread < SPREAD_WARN:
+            log.warning("step %d: the encoder output barely depends on the image (spread %.4f < %.2f): the model "
+                        "is learning a prior, not the images; restart with a lower --lr", at, spread, SPREAD_WARN)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": at}
         path = save_checkpoint(out, at, state, _meta(opts, at, total))
-        logger.write(step=at, heldout_loss=held, checkpoint=path.name)
+        logger.write(step=at, heldout_loss=held, encoder_spread=spread, checkpoint=path.name)
         return path
 
     try:

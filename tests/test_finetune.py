@@ -161,3 +161,65 @@ def test_from_a_saved_checkpoint(trained, data, tmp_path):
     with pytest.raises(ModelSettingError, match="not a checkpoint folder nor a hub id"):
         finetune(FinetuneOptions(data=str(data), out=str(tmp_path / "g"), source=str(tmp_path / "no" / "such" / "x"),
                                  max_steps=1, export=False, **opts))
+
+
+def test_loc_embeddings_start_smooth_for_random_configs_only(data, tmp_path):
+    """--loc-init sinusoidal: neighbouring <loc_N> rows are alike and far ones are not, at the
+    embedding's own scale; the tied lm_head shares them.  The default (random) leaves them alone."""
+    from edge_agent.models.finetune import load_model
+    from edge_agent.models.tokens import LeanTokenizer
+
+    model, tok_dir = load_model(FinetuneOptions(data=str(data), out=str(tmp_path), random_config="tiny",
+                                                loc_init="sinusoidal"))
+    tok = LeanTokenizer(Path(tok_dir) / "tokenizer.json")
+    ids = [tok.backend_tokenizer.token_to_id(f"<loc_{n}>") for n in range(1000)]
+    emb = model.get_input_embeddings().weight.detach()
+    rows = torch.nn.functional.normalize(emb[ids], dim=1)
+    near = (rows[:-1] * rows[1:]).sum(1).mean().item()
+    far = (rows[:-500] * rows[500:]).sum(1).mean().item()
+    assert near > 0.9 and far < 0.5 and near > far + 0.4, (near, far)
+    others = emb[: min(ids)]
+    assert abs(emb[ids].std().item() - others.std().item()) < 0.3 * others.std().item()
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+    plain, _ = load_model(FinetuneOptions(data=str(data), out=str(tmp_path), random_config="tiny"))  # the default
+    rows = torch.nn.functional.normalize(plain.get_input_embeddings().weight.detach()[ids], dim=1)
+    assert (rows[:-1] * rows[1:]).sum(1).mean().item() < 0.5
+    with pytest.raises(ValueError, match="loc init"):
+        FinetuneOptions(data="d", out="o", random_config="tiny", loc_init="smooth")
+
+
+def test_encoder_spread_tells_a_seeing_encoder_from_a_collapsed_one(data, tmp_path):
+    """A fresh model's encoder output depends on the image (spread well above 0.1); the same
+    image twice gives 0, which is what a collapsed encoder gives for every pair."""
+    from edge_agent.models.cocodata import load_dataset
+    from edge_agent.models.finetune import Batcher, build_examples, encoder_spread, image_token_count, load_model
+    from edge_agent.models.tokens import LeanTokenizer
+
+    model, tok_dir = load_model(FinetuneOptions(data=str(data), out=str(tmp_path), random_config="tiny", image_size=64))
+    tok = LeanTokenizer(Path(tok_dir) / "tokenizer.json")
+    samples = load_dataset(data).samples
+    examples, _ = build_examples(samples, ("od",), tok, 64)
+    batcher = Batcher(samples, tok, 64, image_token_count(model, 64), int(model.config.image_token_id))
+    assert encoder_spread(model, batcher, examples) > 0.1
+    assert encoder_spread(model, batcher, [examples[0], examples[0]]) < 1e-6
+    assert encoder_spread(model, batcher, examples[:1]) is None
+
+
+def test_encoder_lr_scale_slows_the_image_side_only(data, tmp_path):
+    """--encoder-lr-scale puts the vision tower, image projection and text encoder in their own
+    AdamW group at lr * scale; the decoder and the tied token embeddings keep lr."""
+    from edge_agent.models.finetune import is_image_side, load_model, param_groups
+
+    model, _ = load_model(FinetuneOptions(data=str(data), out=str(tmp_path), random_config="tiny"))
+    fast, slow = param_groups(model, 1e-3, 0.1)
+    assert slow["lr"] == pytest.approx(1e-4) and "lr" not in fast
+    names = {id(p): n for n, p in model.named_parameters()}
+    slow_names = [names[id(p)] for p in slow["params"]]
+    assert any("vision_tower" in n for n in slow_names) and any("language_model.encoder.layers" in n for n in slow_names)
+    assert not any("decoder" in n or "shared" in n for n in slow_names)
+    assert sum(p.numel() for p in fast["params"]) + sum(p.numel() for p in slow["params"]) == \
+        sum(p.numel() for p in model.parameters())
+    assert len(param_groups(model, 1e-3, 1.0)) == 1 and not is_image_side("model.language_model.decoder.layers.0.encoder_attn.k_proj.weight")
+    with pytest.raises(ValueError, match="encoder lr scale"):
+        FinetuneOptions(data="d", out="o", random_config="tiny", encoder_lr_scale=0)
