@@ -13,6 +13,15 @@ IOS 0.5, class-aware).  Then a 10,000-box merge speed comparison.
 
 Prints recall at IoU 0.5, precision, duplicates per frame, F1 and merge time; the last line is
 `tiled_recall_400: R single_pass_recall_400: S` (mean over both frame sizes).
+
+With a model that sees (`--model DIR`, e.g. the bundled demo model edge_agent/demo/shelf-demo),
+it also runs that model's ONNX engine on dense synthetic frames from models/synth.py (the
+generator it was trained on; `--model-objects` per frame, 1920x1080): once over the whole frame
+(down-scaled to the model's input) and tiled at the model's input side, merged as the agent
+merges.  Recall at IoU 0.5 (class-agnostic, one-to-one) and pycocotools mAP@0.5; the last line
+is then `model_tiled_recall_N: R model_single_pass_recall_N: S`.
+
+    python benchmarks/dense_scenes.py --model edge_agent/demo/shelf-demo --model-only
 """
 from __future__ import annotations
 
@@ -327,13 +336,88 @@ def speed(tokens: TokenCounter, rng) -> list[tuple]:
     return rows
 
 
+# ---------------------------------------------------------------- a model that sees
+
+def recall_at(dataset, dets, iou: float = 0.5) -> float:
+    """Class-agnostic recall: ground-truth objects matched one-to-one by a detection at IoU >= iou,
+    detections taken in score order."""
+    from edge_agent.models.evaluate import box_iou
+
+    found = total = 0
+    for smp in dataset.samples:
+        gt = np.array([b for _, b in smp.objects], float).reshape(-1, 4)
+        mine = sorted((d for d in dets if d.image_id == smp.image_id), key=lambda d: -d.score)
+        total += len(gt)
+        if not len(gt) or not mine:
+            continue
+        ious = box_iou(np.array([d.box for d in mine], float), gt)
+        used = np.zeros(len(gt), bool)
+        for row in ious:
+            row = np.where(used, 0.0, row)
+            k = int(row.argmax())
+            if row[k] >= iou:
+                used[k] = True
+        found += int(used.sum())
+    return found / max(1, total)
+
+
+def model_rows(model_dir: str, variant: str, objects: list[int], frames: int, seed: int) -> dict:
+    """{objects: {mode: (recall, mAP@0.5, seconds/frame, detections/frame)}} for one model."""
+    import tempfile
+
+    from edge_agent.models.cocodata import load_dataset
+    from edge_agent.models.engine import EngineOptions, Florence2Engine
+    from edge_agent.models.evaluate import coco_map, predict
+    from edge_agent.models.modeldir import open_model_dir
+    from edge_agent.models.synth import ShelfOptions, write_dataset
+
+    side = int(open_model_dir(model_dir).preprocess_config().size[0])
+    engine = Florence2Engine(EngineOptions(model_dir=model_dir, variant=variant))
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="dense-model-") as tmp:
+        for n in objects:
+            folder = Path(tmp) / str(n)
+            write_dataset(folder, frames, seed=seed, options=ShelfOptions(width=1920, height=1080, objects=n))
+            data = load_dataset(folder)
+            out[n] = {}
+            for mode in ("untiled", "tiled"):
+                t0 = time.perf_counter()
+                dets, _ = predict(engine, data, mode, ("od",), side, 0.2)
+                secs = (time.perf_counter() - t0) / frames
+                out[n][mode] = (recall_at(data, dets), coco_map(data, dets)[0], secs, len(dets) / frames,
+                                float(np.mean([len(smp.objects) for smp in data.samples])))
+    return out
+
+
+def print_model_rows(model_dir: str, variant: str, objects: list[int], frames: int, seed: int) -> None:
+    rows = model_rows(model_dir, variant, objects, frames, seed)
+    print(f"\nmodel {model_dir} ({variant}), synthetic 1920x1080 frames from models/synth.py, {frames} per count")
+    print(f"{'objs':>5} {'annotated':>9} {'way':>11} {'recall@.5':>9} {'mAP@.5':>7} {'dets/frame':>10} {'s/frame':>8}")
+    for n, by_mode in rows.items():
+        for mode, (rec, m50, secs, ndet, ngt) in by_mode.items():
+            way = "single" if mode == "untiled" else "tiled"
+            print(f"{n:5d} {ngt:9.0f} {way:>11} {rec:9.3f} {m50 or 0.0:7.3f} {ndet:10.1f} {secs:8.2f}")
+    n = max(rows)
+    print(f"model_tiled_recall_{n}: {rows[n]['tiled'][0]:.4f} model_single_pass_recall_{n}: {rows[n]['untiled'][0]:.4f}")
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=3, help="frames per size and count")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", help="also run this Florence-2 ONNX model dir (one that sees) on dense synthetic frames")
+    ap.add_argument("--variant", default="int8", help="the --model variant (default int8)")
+    ap.add_argument("--model-objects", default="200,400", help="objects per frame for --model, comma-separated")
+    ap.add_argument("--model-frames", type=int, default=3)
+    ap.add_argument("--model-only", action="store_true", help="only the --model rows")
     args = ap.parse_args(argv)
+    if args.model_only:
+        if not args.model:
+            ap.error("--model-only needs --model DIR")
+        return print_model_rows(args.model, args.variant, [int(n) for n in args.model_objects.split(",")],
+                                args.model_frames, args.seed)
     rng = np.random.default_rng(args.seed)
     tokens = TokenCounter()
     t_start = time.perf_counter()
@@ -378,6 +462,9 @@ def main(argv=None) -> None:
               f"{ours_nms * 1e3:9.2f} {theirs_nms * 1e3:9.2f} {theirs_nms / ours_nms:7.1f}x")
     print(f"\nfinished in {time.perf_counter() - t_start:.0f} s")
     print(f"tiled_recall_400: {np.mean(rec400['tiled']):.4f} single_pass_recall_400: {np.mean(rec400['single']):.4f}")
+    if args.model:
+        print_model_rows(args.model, args.variant, [int(n) for n in args.model_objects.split(",")],
+                         args.model_frames, args.seed)
 
 
 if __name__ == "__main__":

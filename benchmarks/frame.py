@@ -21,6 +21,14 @@ Prints the stage table, the decode ms/step of 6 <OD> rows alone (the issue's dec
 int8-vs-fp32 agreement, and last `dense1080p_speedup_vs_transformers: X.Xx` (reference frame
 time / the fastest edge-agent variant doing the same work, i.e. tiles seen at 768; int8-384 is
 listed for its cost but not counted).  Not a test: run it on an idle machine.
+
+Quantization accuracy needs a model that sees (random weights make every variant's logits
+near ties).  `--map-model DIR --map-data DATA [--map-split split.json]` scores each variant
+of a trained model (e.g. `models finetune`'s OUT/model, quantized to q4 too) on held-out
+images with models/evaluate.py: mAP@0.5, mAP@0.5:0.95, OCR lines, and the loss against fp32:
+
+    python benchmarks/frame.py --map-model /tmp/demo/model --map-data /tmp/shelves384 \
+        --map-split /tmp/demo/split.json --map-only
 """
 from __future__ import annotations
 
@@ -74,6 +82,11 @@ def parse_args(argv=None):
     p.add_argument("--no-decode-probe", action="store_true", help="skip the 6-row <OD> decode measurement")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="2 tiles, 32 + 16 tokens")
+    p.add_argument("--map-model", help="a trained model dir: score its variants' held-out mAP against fp32")
+    p.add_argument("--map-data", help="COCO data for --map-model (a finetune run's data)")
+    p.add_argument("--map-split", help="the run's split.json: score its held-out images only")
+    p.add_argument("--map-variants", default="fp32,int8,q4")
+    p.add_argument("--map-only", action="store_true", help="only the --map-model rows")
     p.add_argument("--child", choices=("prepare", "edge", "hf"), help=argparse.SUPPRESS)
     p.add_argument("--variant", default="int8", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -299,12 +312,36 @@ def report_agreement(rows: dict, ref: dict | None) -> None:
               f"common prefix {100 * prefix:.1f}% of length")
 
 
+def quantization_map(args) -> None:
+    """Held-out mAP of each variant of a trained model, and its loss against fp32."""
+    from edge_agent.models.cocodata import load_dataset
+    from edge_agent.models.evaluate import EvalOptions, evaluate_model
+
+    data = load_dataset(args.map_data)
+    if args.map_split:
+        data = data.subset(json.loads(Path(args.map_split).read_text())["heldout"])
+    opts = EvalOptions(variants=tuple(args.map_variants.split(",")), modes=("untiled",))
+    print(f"\nheld-out accuracy of {args.map_model}: {len(data.samples)} images of {args.map_data}, untiled")
+    rows = evaluate_model(args.map_model, data, opts, on_row=lambda row: print("  " + row.line()))
+    base = next((r for r in rows if not r.variant.lstrip("_") or r.variant.lstrip("_") == "fp32"), None)
+    for r in rows:
+        if base is not None and r is not base and r.map50 is not None and base.map50 is not None:
+            print(f"  {r.variant.lstrip('_'):8s} mAP@0.5 loss vs fp32: {base.map50 - r.map50:+.3f}  "
+                  f"mAP@0.5:0.95 loss: {base.map - r.map:+.3f}  OCR lines {r.ocr_correct - base.ocr_correct:+d}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
         fn = {"prepare": child_prepare, "edge": child_edge, "hf": child_hf}[args.child]
         print(json.dumps(fn(args)))
         return
+    if args.map_model and not args.map_data:
+        raise SystemExit("--map-model needs --map-data")
+    if args.map_only:
+        if not args.map_model:
+            raise SystemExit("--map-only needs --map-model DIR --map-data DATA")
+        return quantization_map(args)
     import engine as engine_bench
 
     work = workload(args)
@@ -343,6 +380,8 @@ def main(argv=None) -> None:
         if same:  # the headline: equal work only (768 input, as the reference)
             best = min(same, key=lambda v: rows[v]["frame_s"])
             print(f"dense1080p_speedup_vs_transformers: {ref['frame_s'] / rows[best]['frame_s']:.1f}x")
+    if args.map_model:
+        quantization_map(args)
 
 
 if __name__ == "__main__":
