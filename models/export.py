@@ -347,12 +347,9 @@ def download_checkpoint(repo: str) -> Path:
         raise
 
 
-def export_from_checkpoint(src, out_dir, tokenizer_dir=None) -> Path:
-    """A checkpoint saved with `Florence2ForConditionalGeneration.save_pretrained` (a folder, or an
-    owner/name Hub id, downloaded first), exported.  Its tokenizer, preprocessor and generation
-    configs are copied when present.  florence-community's checkpoints work as they are: their
-    embedding table has 51328 rows (the 51289-token vocabulary, the `<image>` token, padding to a
-    multiple of 64), which the graphs keep; the tokenizer comes with its `<image>` token."""
+def load_checkpoint(src) -> tuple[object, Path]:
+    """(Florence2ForConditionalGeneration, its folder) from a `save_pretrained` folder or an
+    owner/name Hub id (downloaded first)."""
     from transformers import Florence2ForConditionalGeneration
 
     if is_hub_id(src):
@@ -364,6 +361,16 @@ def export_from_checkpoint(src, out_dir, tokenizer_dir=None) -> Path:
         model = Florence2ForConditionalGeneration.from_pretrained(str(src))
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{src}: cannot load a Florence-2 checkpoint: {str(exc).splitlines()[0]}") from None
+    return model, src
+
+
+def export_from_checkpoint(src, out_dir, tokenizer_dir=None) -> Path:
+    """A checkpoint saved with `Florence2ForConditionalGeneration.save_pretrained` (a folder, or an
+    owner/name Hub id, downloaded first), exported.  Its tokenizer, preprocessor and generation
+    configs are copied when present.  florence-community's checkpoints work as they are: their
+    embedding table has 51328 rows (the 51289-token vocabulary, the `<image>` token, padding to a
+    multiple of 64), which the graphs keep; the tokenizer comes with its `<image>` token."""
+    model, src = load_checkpoint(src)
     gen = _read_json(src / "generation_config.json")
     pre = _read_json(src / "preprocessor_config.json")
     if tokenizer_dir is None and ((src / "vocab.json").is_file() or (src / "tokenizer.json").is_file()):

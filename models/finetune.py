@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from edge_agent.models.cocodata import Dataset, Sample, load_dataset, split
-from edge_agent.models.errors import ModelDirError, ModelError, ModelSettingError
+from edge_agent.models.errors import ModelError, ModelSettingError
 from edge_agent.models.targets import fit_pieces, ocr_pieces, od_pieces
 
 log = logging.getLogger(__name__)
@@ -132,24 +132,16 @@ def _require(module: str, extra: str = "train"):
 def load_model(opts: FinetuneOptions):
     """(model, tokenizer folder): a random model of the real architecture or a checkpoint."""
     _require("torch")
-    from transformers import Florence2ForConditionalGeneration
-
-    from edge_agent.models.export import DEFAULT_TOKENIZER_DIR, download_checkpoint, is_hub_id, random_model
+    from edge_agent.models.export import DEFAULT_TOKENIZER_DIR, is_hub_id, load_checkpoint, random_model
 
     if opts.random_config:
         model = random_model(opts.random_config, opts.seed, text_std=0.0)
         if opts.loc_init == "sinusoidal":
             smooth_loc_embeddings(model, DEFAULT_TOKENIZER_DIR)
         return model, DEFAULT_TOKENIZER_DIR
-    src = download_checkpoint(opts.source) if is_hub_id(opts.source) else Path(opts.source).expanduser()
-    if not src.is_dir():
+    if not is_hub_id(opts.source) and not Path(opts.source).expanduser().is_dir():
         raise ModelSettingError(f"--from {opts.source}: not a checkpoint folder nor a hub id (owner/name)")
-    if not (src / "config.json").is_file():
-        raise ModelDirError(f"{src / 'config.json'}: not found (expected a saved Florence-2 checkpoint)")
-    try:
-        model = Florence2ForConditionalGeneration.from_pretrained(str(src))
-    except (OSError, ValueError) as exc:
-        raise ModelDirError(f"{src}: cannot load a Florence-2 checkpoint: {str(exc).splitlines()[0]}") from None
+    model, src = load_checkpoint(opts.source)
     return model, (src if (src / "tokenizer.json").is_file() else DEFAULT_TOKENIZER_DIR)
 
 
