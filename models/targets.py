@@ -7,8 +7,8 @@ Coordinates are quantized as transformers' `Florence2PostProcessor.quantize` doe
 per axis of the image, `floor(v / (size / 1000))` clamped to 0..999, x before y, boxes as
 (xmin, ymin, xmax, ymax) and quads as four (x, y) points clockwise from the top-left.  The
 post-processor reads a bin back as its centre, `(bin + 0.5) * size / 1000`.  Instances come
-in reading order (top to bottom, then left to right, by their first point's bins), one label
-or text before each instance's location tokens.  The tokenizer adds `<s>` … `</s>`, which is
+in reading order (`reading_order`): row by row from the top, left to right within a row, one
+label or text before each instance's location tokens.  The tokenizer adds `<s>` … `</s>`, which is
 what the decoder produces after its start token `</s>`.
 
 tests/test_targets.py checks these strings against transformers' processor and post-processor
@@ -51,13 +51,41 @@ def _check_label(label: str, what: str, ascii_only: bool) -> str:
     return text
 
 
+def reading_order(boxes: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of (x0, y0, x1, y1) boxes row by row, top to bottom, then left to right.
+
+    Boxes are taken by their vertical centre, top first.  The first box of a row opens it, and
+    a box whose centre lies within the opener's vertical extent joins it; any other opens the
+    next row.  Each row is then read by x0.  On a shelf, products of different heights standing
+    on one board share a row, and so do the price tags on its edge, so the sequence walks each
+    shelf left to right (sorting by the top edge alone would jump back and forth along it as
+    product heights change).  Ties break by index: the order is deterministic."""
+    by_centre = sorted(range(len(boxes)), key=lambda i: (boxes[i][1] + boxes[i][3], boxes[i][0], i))
+    rows: list[list[int]] = []
+    span = (0.0, -1.0)
+    for i in by_centre:
+        centre = (boxes[i][1] + boxes[i][3]) / 2
+        if rows and span[0] <= centre <= span[1]:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
+            span = (boxes[i][1], boxes[i][3])
+    return [i for row in rows for i in sorted(row, key=lambda i: (boxes[i][0], boxes[i][1], i))]
+
+
+def _in_reading_order(items: list[tuple[list[int], str]]) -> list[str]:
+    """items: (bins, piece); bins alternate x, y (a box's 4 or a quad's 8)."""
+    extents = [(min(b[0::2]), min(b[1::2]), max(b[0::2]), max(b[1::2])) for b, _ in items]
+    return [items[i][1] for i in reading_order(extents)]
+
+
 def od_pieces(objects: Sequence[tuple[str, Sequence[float]]], size: tuple[float, float]) -> list[str]:
     """One `label<loc_…>×4` piece per (label, (x0, y0, x1, y1)) box, in reading order."""
     items = []
     for label, box in objects:
         bins = quantize(box, size)
-        items.append(((bins[1], bins[0]), _check_label(label, "label", True) + _locs(bins)))
-    return [piece for _, piece in sorted(items, key=lambda t: t[0])]
+        items.append((bins, _check_label(label, "label", True) + _locs(bins)))
+    return _in_reading_order(items)
 
 
 def ocr_pieces(lines: Sequence[tuple[str, Sequence[float]]], size: tuple[float, float]) -> list[str]:
@@ -67,8 +95,8 @@ def ocr_pieces(lines: Sequence[tuple[str, Sequence[float]]], size: tuple[float, 
         if len(quad) != 8:
             raise ModelSettingError(f"text {text!r}: expected a quad of 8 numbers, got {len(quad)}")
         bins = quantize(quad, size)
-        items.append(((bins[1], bins[0]), _check_label(text, "text", False) + _locs(bins)))
-    return [piece for _, piece in sorted(items, key=lambda t: t[0])]
+        items.append((bins, _check_label(text, "text", False) + _locs(bins)))
+    return _in_reading_order(items)
 
 
 def quad_from_box(box: Sequence[float]) -> list[float]:

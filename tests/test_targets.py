@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 from florence_reference import processor  # noqa: E402
 from edge_agent.models.parse import parse_task  # noqa: E402
 from edge_agent.models.synth import ShelfOptions, render_shelf  # noqa: E402
-from edge_agent.models.targets import dequantize, fit_pieces, ocr_pieces, od_pieces, quantize  # noqa: E402
+from edge_agent.models.targets import dequantize, fit_pieces, ocr_pieces, od_pieces, quantize, reading_order  # noqa: E402
 from edge_agent.models.tokens import LeanTokenizer  # noqa: E402
 from edge_agent.models.export import DEFAULT_TOKENIZER_DIR  # noqa: E402
 
@@ -61,7 +61,8 @@ def test_targets_round_trip_through_the_reference_post_processor(task):
         assert ids[0] == 0 and ids[-1] == 2  # <s> ... </s>, as the decoder writes after its start token
         text = proc.tokenizer.decode(ids, skip_special_tokens=False)
         # what the trained model writes is what the reference parses: same instances, same order
-        order = sorted(range(len(items)), key=lambda i: (quantize(items[i][1], (w, h))[1], quantize(items[i][1], (w, h))[0]))
+        bins = [quantize(pts, (w, h)) for _, pts in items]
+        order = reading_order([(min(b[0::2]), min(b[1::2]), max(b[0::2]), max(b[1::2])) for b in bins])
         if task == "od":
             got = proc.post_process_generation(text, task="<OD>", image_size=(w, h))["<OD>"]
             assert got["labels"] == [items[i][0] for i in order]
@@ -93,6 +94,21 @@ def test_reading_order_and_labels():
         od_pieces([("café", (0, 0, 1, 1))], size)
     assert ocr_pieces([("2,49 €", (0, 0, 10, 0, 10, 5, 0, 5))], (100, 100)) == \
         ["2,49 €<loc_0><loc_0><loc_100><loc_0><loc_100><loc_50><loc_0><loc_50>"]
+
+
+def test_reading_order_walks_each_shelf_left_to_right():
+    # One board: a tall bottle, a short can left of it and a box between them, all standing on
+    # y=400; a tag row under it; a second board below.  Top edges alone would read bottle, box,
+    # can (by height), jumping back along the shelf.
+    board1 = [("bottle", (300, 100, 380, 400)), ("can", (10, 300, 90, 400)), ("box", (100, 200, 290, 400))]
+    board2 = [("bag", (500, 600, 700, 900)), ("can", (20, 700, 120, 900))]
+    pieces = od_pieces(board2 + board1, (1000, 1000))
+    assert [p.split("<")[0] for p in pieces] == ["can", "box", "bottle", "can", "bag"]
+    assert pieces[0].endswith("<loc_10><loc_300><loc_90><loc_400>")
+    assert reading_order([(50, 410, 90, 430), (5, 405, 40, 425), (5, 10, 20, 20)]) == [2, 1, 0]
+    assert reading_order([]) == []
+    lines = [("$2.99", (200, 410, 260, 410, 260, 430, 200, 430)), ("1.99", (10, 412, 60, 412, 60, 428, 10, 428))]
+    assert [p.split("<")[0] for p in ocr_pieces(lines, (1000, 1000))] == ["1.99", "$2.99"]
 
 
 def test_fit_pieces_keeps_whole_instances_within_the_budget():
