@@ -312,6 +312,15 @@ def export_random(kind: str, seed: int, out_dir, tokenizer_dir=None) -> Path:
     return export_model(random_model(kind, seed), out_dir, tokenizer_dir)
 
 
+def sized_preprocessor_config(side: int, base: dict | None = None) -> dict:
+    """preprocessor_config.json for side x side input: `base` (default: the reference's) with its
+    sizes and image-token count (DaViT's stride 32, plus the pooled token: 145 at 384) changed."""
+    pre = dict(base or PREPROCESSOR_CONFIG)
+    pre.update(size={"height": side, "width": side}, crop_size={"height": side, "width": side},
+               image_seq_length=(side // 32) ** 2 + 1)
+    return pre
+
+
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -409,9 +418,7 @@ def with_vision_side(src_dir, out_dir, model, side: int) -> Path:
         if not f.name.startswith("vision_encoder") and not (out / "onnx" / f.name).exists():
             os.link(f, out / "onnx" / f.name)
     export_vision(model, out / "onnx", side)
-    pre = _read_json(src / "preprocessor_config.json") or dict(PREPROCESSOR_CONFIG)
-    pre.update(size={"height": side, "width": side}, crop_size={"height": side, "width": side},
-               image_seq_length=(side // 32) ** 2 + 1)
+    pre = sized_preprocessor_config(side, _read_json(src / "preprocessor_config.json"))
     (out / "preprocessor_config.json").unlink(missing_ok=True)
     write_json(out / "preprocessor_config.json", pre)
     return out

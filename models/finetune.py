@@ -522,22 +522,14 @@ def _bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
-def preprocessor_config(side: int) -> dict:
-    from edge_agent.models.export import PREPROCESSOR_CONFIG
-
-    cfg = dict(PREPROCESSOR_CONFIG)
-    cfg.update(size={"height": side, "width": side}, crop_size={"height": side, "width": side})
-    return cfg
-
-
 def save_native(model, path: Path, tok_dir, side: int) -> Path:
     """save_pretrained + tokenizer, preprocessor and generation configs (what `export --from` reads)."""
-    from edge_agent.models.export import GENERATION_CONFIG, copy_tokenizer, write_json
+    from edge_agent.models.export import GENERATION_CONFIG, copy_tokenizer, sized_preprocessor_config, write_json
 
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
-    write_json(tmp / "preprocessor_config.json", preprocessor_config(side))
+    write_json(tmp / "preprocessor_config.json", sized_preprocessor_config(side))
     write_json(tmp / "generation_config.json", GENERATION_CONFIG)
     copy_tokenizer(Path(tok_dir), tmp)
     if path.exists():
@@ -548,12 +540,12 @@ def save_native(model, path: Path, tok_dir, side: int) -> Path:
 
 def export_trained(model, model_dir: Path, tok_dir, side: int) -> Path:
     """fp32 export at the trained input side, then the int8 variant (models/export.py, models/quantize.py)."""
-    from edge_agent.models.export import GENERATION_CONFIG, export_model
+    from edge_agent.models.export import GENERATION_CONFIG, export_model, sized_preprocessor_config
     from edge_agent.models.quantize import quantize_dir
 
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    export_model(model, model_dir, tok_dir, GENERATION_CONFIG, preprocessor_config(side), side=side)
+    export_model(model, model_dir, tok_dir, GENERATION_CONFIG, sized_preprocessor_config(side), side=side)
     quantize_dir(model_dir, "int8")
     return model_dir
 
