@@ -287,11 +287,12 @@ def save_checkpoint(out: Path, step: int, state: dict, meta: dict) -> Path:
 
 
 RESUME_KEYS = ("data", "source", "random_config", "tasks", "image_size", "mode", "lora_rank", "heldout", "seed",
-               "batch_size", "max_target_tokens", "encoder_lr_scale")
+               "batch_size", "max_target_tokens")
 
 
 def _meta(opts: FinetuneOptions, step: int, total: int) -> dict:
-    return {"step": step, "total_steps": total, "options": {k: getattr(opts, k) for k in RESUME_KEYS}}
+    return {"step": step, "total_steps": total,
+            "options": {k: getattr(opts, k) for k in RESUME_KEYS + ("lr", "encoder_lr_scale")}}
 
 
 def _check_resume(opts: FinetuneOptions, meta: dict, where: Path) -> None:
@@ -304,6 +305,20 @@ def _check_resume(opts: FinetuneOptions, meta: dict, where: Path) -> None:
             was = saved.get(k)
         if now != was:
             raise ModelSettingError(f"--resume: {where} was trained with {k} = {was!r}, not {now!r}")
+    # --lr and --encoder-lr-scale may change, as --max-steps may; the parameter groups may not
+    was_scale = float(saved.get("encoder_lr_scale", 1.0))
+    if (was_scale == 1.0) != (opts.encoder_lr_scale == 1.0):
+        raise ModelSettingError(f"--resume: {where} was trained with encoder_lr_scale = {was_scale!r}, not "
+                                f"{opts.encoder_lr_scale!r} (1.0 and other values need different optimizer groups)")
+
+
+def _set_peak_lrs(optimizer, scheduler, opts: FinetuneOptions) -> None:
+    """After a resume: the options' peak learning rates, not the checkpoint's, scheduled at its step."""
+    peaks = [opts.lr, opts.lr * opts.encoder_lr_scale][:len(optimizer.param_groups)]
+    scheduler.base_lrs = peaks
+    for group, peak, f in zip(optimizer.param_groups, peaks, scheduler.lr_lambdas):
+        group["initial_lr"] = peak
+        group["lr"] = peak * f(scheduler.last_epoch)
 
 
 # ----------------------------------------------------------------------------- training
@@ -440,6 +455,7 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        _set_peak_lrs(optimizer, scheduler, opts)
         torch.set_rng_state(state["rng"])
         step = int(state["step"])
         echo(f"resumed from {ckpts[-1]} at step {step}/{total}")

@@ -90,6 +90,23 @@ def test_refuses_to_overwrite_and_checks_resume_options(data, tmp_path):
         finetune(FinetuneOptions(data=str(data), out=str(out), max_steps=1, export=False, resume=True, **FAST))
 
 
+def test_resume_takes_the_new_lr_and_encoder_scale(data, tmp_path):
+    """--lr and --encoder-lr-scale may change on resume (to speed up the image side once the
+    encoder carries the image): the optimizer's groups follow the new peaks from the resumed step."""
+    opts = dict(FAST, encoder_lr_scale=0.1)
+    finetune(FinetuneOptions(data=str(data), out=str(tmp_path / "r"), max_steps=2, checkpoint_every=2, heldout=0.34,
+                             export=False, **opts), echo=lambda s: None)
+    opts.update(lr=2e-2, encoder_lr_scale=0.5)
+    finetune(FinetuneOptions(data=str(data), out=str(tmp_path / "r"), max_steps=4, checkpoint_every=2, heldout=0.34,
+                             export=False, resume=True, **opts), echo=lambda s: None)
+    state = torch.load(tmp_path / "r" / "checkpoints" / "step-0000004" / "state.pt", weights_only=False)
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([2e-2, 1e-2])
+    assert state["scheduler"]["base_lrs"] == pytest.approx([2e-2, 1e-2])
+    with pytest.raises(ModelSettingError, match="encoder_lr_scale = 0.5, not 1.0"):
+        finetune(FinetuneOptions(data=str(data), out=str(tmp_path / "r"), max_steps=6, heldout=0.34, export=False,
+                                 resume=True, **dict(opts, encoder_lr_scale=1.0)), echo=lambda s: None)
+
+
 def test_options_validate(data):
     with pytest.raises(ValueError, match="exactly one"):
         FinetuneOptions(data="d", out="o")
