@@ -83,6 +83,7 @@ class EvalRow:
     images: int
     map50: float | None = None
     map: float | None = None
+    map50_any_label: float | None = None  # class-agnostic mAP@0.5
     ocr_correct: int = 0
     ocr_total: int = 0
     unknown_labels: int = 0
@@ -99,11 +100,11 @@ class EvalRow:
 
         ocr = f"{f(self.ocr_accuracy)} ({self.ocr_correct}/{self.ocr_total})"
         return (f"{self.variant.lstrip('_') or 'fp32':8s} {self.mode:8s} images {self.images:4d}  mAP@0.5 {f(self.map50)}  "
-                f"mAP@0.5:0.95 {f(self.map)}  OCR lines {ocr}  {self.seconds / max(1, self.images):.2f} s/image")
+                f"mAP@0.5:0.95 {f(self.map)}  any-label mAP@0.5 {f(self.map50_any_label)}  OCR lines {ocr}  {self.seconds / max(1, self.images):.2f} s/image")
 
     def as_dict(self) -> dict:
         return {"variant": self.variant.lstrip("_") or "fp32", "mode": self.mode, "images": self.images, "map50": self.map50,
-                "map": self.map, "ocr_accuracy": self.ocr_accuracy, "ocr_correct": self.ocr_correct,
+                "map": self.map, "map50_any_label": self.map50_any_label, "ocr_accuracy": self.ocr_accuracy, "ocr_correct": self.ocr_correct,
                 "ocr_total": self.ocr_total, "unknown_labels": self.unknown_labels, "seconds": self.seconds}
 
 
@@ -120,9 +121,11 @@ def object_labels(dataset: Dataset) -> list[str]:
     return sorted({label for s in dataset.samples for label, _ in s.objects})
 
 
-def coco_map(dataset: Dataset, detections: Sequence[Detection], max_dets: int = 1000) -> tuple[float | None, float | None, int]:
+def coco_map(dataset: Dataset, detections: Sequence[Detection], max_dets: int = 1000,
+             any_label: bool = False) -> tuple[float | None, float | None, int]:
     """(mAP@0.5, mAP@0.5:0.95, detections whose label names no category), by pycocotools.
-    None where the data has no objects."""
+    None where the data has no objects.  any_label: class-agnostic (pycocotools' useCats = 0):
+    a box matches whatever its label, which shows a model that places boxes but names them wrong."""
     COCO, COCOeval = _require_pycocotools()
     labels = object_labels(dataset)
     if not labels:
@@ -142,9 +145,10 @@ def coco_map(dataset: Dataset, detections: Sequence[Detection], max_dets: int = 
             continue
         if d.label not in cat:
             unknown += 1
-            continue
+            if not any_label:
+                continue
         x0, y0, x1, y1 = d.box
-        dets.append({"image_id": d.image_id, "category_id": cat[d.label], "bbox": [x0, y0, x1 - x0, y1 - y0],
+        dets.append({"image_id": d.image_id, "category_id": cat.get(d.label, 1), "bbox": [x0, y0, x1 - x0, y1 - y0],
                      "score": float(d.score)})
     if not dets:
         return 0.0, 0.0, unknown
@@ -155,6 +159,7 @@ def coco_map(dataset: Dataset, detections: Sequence[Detection], max_dets: int = 
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.params.maxDets = [1, 10, max_dets]
+        ev.params.useCats = 0 if any_label else 1
         ev.evaluate()
         ev.accumulate()
     # COCOeval.summarize's stats[0] is fixed at 100 detections per image; read its precision
@@ -238,6 +243,7 @@ def score(dataset: Dataset, dets: Sequence[Detection], lines: Sequence[Line], va
     row = EvalRow(variant, mode, len(dataset.samples), seconds=seconds)
     if "od" in opts.tasks:
         row.map50, row.map, row.unknown_labels = coco_map(dataset, dets, opts.max_dets)
+        row.map50_any_label = coco_map(dataset, dets, opts.max_dets, any_label=True)[0]
     if "ocr" in opts.tasks:
         row.ocr_correct, row.ocr_total = ocr_line_accuracy(dataset, lines, opts.ocr_iou)
     return row

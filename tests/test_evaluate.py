@@ -62,6 +62,10 @@ def test_missing_and_mislabelled_detections():
     assert m50 == pytest.approx(67 / 101) and m == pytest.approx(67 / 101)
     renamed = [Detection(d.image_id, "bottle", d.box) for d in dets]  # no such category: cannot match
     assert coco_map(ds, renamed) == (0.0, 0.0, len(dets))
+    # class-agnostic: the right boxes count whatever their labels say
+    m50, m, unknown = coco_map(ds, renamed, any_label=True)
+    assert m50 == pytest.approx(1.0) and m == pytest.approx(1.0) and unknown == len(dets)
+    assert coco_map(ds, kept, any_label=True)[0] == pytest.approx(67 / 101)
 
 
 def test_ocr_lines_need_the_exact_text_and_the_place():
