@@ -1,10 +1,10 @@
 """How closely a quantized variant follows fp32: free-running and teacher-forced token agreement.
 
-    python benchmarks/agreement.py MODEL_DIR [--variants int8,q4] [--image IMG] [--tile 768] [--tokens 256]
+    python benchmarks/agreement.py MODEL_DIR [--variants int8,q4] [--image IMG ...] [--tile 768] [--tokens 256]
     python benchmarks/agreement.py /tmp/run/model --variants int8,q4 --image shelf384.jpg   # a trained model
 
-The image (default: the sample shelf, tests/fixtures/sample/shelf.jpg) is cut into tiles of --tile pixels
-(tiling.plan.plan_tiles, at most --max-tiles), and each tile runs `<OD>` and
+Each image (default: the sample shelf, tests/fixtures/sample/shelf.jpg) is cut into tiles of --tile
+pixels (tiling.plan.plan_tiles, at most --max-tiles in all), and each tile runs `<OD>` and
 `<OCR_WITH_REGION>` greedy, as the agent runs them.
 
 - **Free-running:** each variant generates on its own; the share of positions where its token
@@ -103,15 +103,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--variants", default="int8,q4")
-    ap.add_argument("--image", default=str(DEFAULT_IMAGE))
+    ap.add_argument("--image", action="append", help="repeatable (default: the sample shelf)")
     ap.add_argument("--tile", type=int, default=0, help="tile side (default: the model's input side)")
     ap.add_argument("--max-tiles", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=256, help="max new tokens per sequence")
     a = ap.parse_args(argv)
     fp32 = engine_for(a.model, "fp32", a.tokens)
     side = a.tile or int(fp32.pre_cfg.size[0])
-    tiles = load_tiles(Path(a.image), side, a.max_tiles)
-    print(f"model {a.model}, {len(tiles)} tiles of {side} from {a.image}, tasks {','.join(TASKS)}, greedy, "
+    images = a.image or [str(DEFAULT_IMAGE)]
+    tiles = [t for im in images for t in load_tiles(Path(im), side, a.max_tiles)][:a.max_tiles]
+    print(f"model {a.model}, {len(tiles)} tiles of {side} from {len(images)} image(s), tasks {','.join(TASKS)}, greedy, "
           f"up to {a.tokens} tokens")
     ref_seqs = free_running(fp32, tiles)
     ref_logits = forced_logits(fp32, tiles, ref_seqs)
