@@ -31,11 +31,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from edge_agent.models.engine import EngineOptions, Florence2Engine  # noqa: E402
-from edge_agent.models.generation import GenerationSettings  # noqa: E402
 from edge_agent.tiling.plan import plan_tiles  # noqa: E402
+from frame import agreement as free_agreement  # noqa: E402  (the frame benchmark's free-running agreement)
 
 TASKS = ("od", "ocr")
 DEFAULT_IMAGE = ROOT / "tests" / "fixtures" / "sample" / "shelf.jpg"
@@ -73,16 +74,6 @@ def forced_logits(engine: Florence2Engine, tiles, sequences: list[list[int]]) ->
             rows.append(np.array(engine.runner.step(np.asarray([tok], np.int64), cache)[0], np.float32))
         out.append(np.stack(rows))
     return out
-
-
-def free_agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
-    same = total = prefix = 0.0
-    for x, y in zip(a, b):
-        n = min(len(x), len(y))
-        eq = np.asarray(x[:n]) == np.asarray(y[:n])
-        same, total = same + eq.sum(), total + max(len(x), len(y))
-        prefix += (n if eq.all() else int(np.argmin(eq))) / max(len(x), len(y))
-    return same / max(total, 1), prefix / max(len(a), 1)
 
 
 def forced_agreement(ref: list[np.ndarray], var: list[np.ndarray]) -> dict:
