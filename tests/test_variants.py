@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import onnx_community  # noqa: E402
 
+from edge_agent.models.cpu import int8_isa  # noqa: E402
 from edge_agent.models.errors import ModelDirError  # noqa: E402
 from edge_agent.models.engine import EngineOptions, Florence2Engine  # noqa: E402
 from edge_agent.models.modeldir import complete_variants, graph_problem, open_model_dir, verify  # noqa: E402
@@ -147,6 +148,11 @@ def test_fp32_is_token_exact_with_transformers(community, tiles):
 # bnb4 0.941-0.954.  The bounds leave room for other CPUs' kernels.
 AGREEMENT = {"_fp16": 0.999, "_quantized": 0.995, "_int8": 0.995, "_uint8": 0.995, "_q4": 0.95, "_q4f16": 0.95,
              "_bnb4": 0.9}
+if int8_isa() == "AVX2 (no VNNI)":
+    # ONNX Runtime's int8 kernels differ by instruction set.  On an AMD EPYC with AVX2 only
+    # (session 7) the dynamic int8 variants' first logits correlated 0.9941 (_int8) and 0.9936
+    # (_quantized) with fp32, against >= 0.995 on the AVX-512 VNNI machines of earlier sessions.
+    AGREEMENT.update({"_quantized": 0.99, "_int8": 0.99})
 
 
 @pytest.mark.parametrize("suffix", list(AGREEMENT), ids=lambda s: label(s))
