@@ -69,6 +69,14 @@ def _positions(embed_positions: nn.Embedding, start, length, device) -> torch.Te
     return nn.functional.embedding(ids, embed_positions.weight)[None]
 
 
+def _qkv(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v of a fused qkv Linear ([3C, C] weight, q rows first), each its own MatMul.  The
+    fused output and the three slices of it were alive together: [36864, 384] floats (54 MB) plus
+    as much again at 768, the vision tower's peak (base int8 profile, session 8)."""
+    weights, biases = linear.weight.chunk(3, 0), (linear.bias.chunk(3, 0) if linear.bias is not None else [None] * 3)
+    return tuple(nn.functional.linear(x, w, b) for w, b in zip(weights, biases))
+
+
 def channel_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     """`Florence2VisionChannelAttention.forward` (transformers 5), same arithmetic, other layouts.
 
@@ -79,8 +87,7 @@ def channel_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor
     v w^T is (w v)^T."""
     b, n, c = hidden_states.shape
     g = self.groups
-    q, k, v = self.qkv(hidden_states).reshape(b, n, 3, g, c // g).unbind(2)  # [B, N, G, D] each
-    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))  # [B, G, N, D]
+    q, k, v = (t.reshape(b, n, g, c // g).permute(0, 2, 1, 3) for t in _qkv(self.qkv, hidden_states))  # [B, G, N, D]
     w = torch.matmul(q.transpose(-1, -2), k) * (n ** -0.5)  # [B, G, D, D]
     w = nn.functional.softmax(w, dim=-1)
     out = torch.matmul(v, w.transpose(-1, -2))  # [B, G, N, D]
@@ -111,12 +118,26 @@ def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     windows = hidden_states.view(b, ph // ws, ws, pw // ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
     windows = windows.view(-1, ws * ws, c)
     n, t, _ = windows.shape
-    qkv = self.qkv(windows).reshape(n, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-    query, key, value = qkv.unbind(0)
+    query, key, value = (x.reshape(n, t, self.num_heads, c // self.num_heads).permute(0, 2, 1, 3)
+                         for x in _qkv(self.qkv, windows))  # [W, H, T, D] each
     out = self.proj(_window_attention(self, query, key, value).reshape(n, t, c))
     out = out.view(-1, ph // ws, pw // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
     out = out.view(-1, ph, pw, c)[:, :height, :width, :].contiguous()
     return out.view(b, height * width, c)
+
+
+MLP_CHUNK = 9216  # tokens per vision-MLP call: a quarter of the first stage at 768 (192 x 192)
+
+
+def mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """`Florence2VisionMLP.forward` over chunks of MLP_CHUNK tokens (the same arithmetic, token by
+    token).  The first stage's hidden layer at 768 (36864 tokens x 512, 72 MB) and its GELU (as
+    much again) were the vision tower's largest live tensors: 162 of its peak live MB in ONNX
+    Runtime's base int8 profile.  A stage of at most MLP_CHUNK tokens stays one call."""
+    if hidden_states.shape[1] <= MLP_CHUNK:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+    return torch.cat([self.fc2(self.activation_fn(self.fc1(part)))
+                      for part in hidden_states.split(MLP_CHUNK, dim=1)], dim=1)
 
 
 class VisionWrapper(nn.Module):
@@ -133,13 +154,15 @@ def export_layouts():
     """Export-time forwards that ONNX Runtime runs faster (same results; see channel_attention_forward)."""
     from transformers.models.florence2 import modeling_florence2 as mf
 
-    originals = (mf.Florence2VisionChannelAttention.forward, mf.Florence2VisionWindowAttention.forward)
-    mf.Florence2VisionChannelAttention.forward = channel_attention_forward
-    mf.Florence2VisionWindowAttention.forward = window_attention_forward
+    classes = (mf.Florence2VisionChannelAttention, mf.Florence2VisionWindowAttention, mf.Florence2VisionMLP)
+    originals = [c.forward for c in classes]
+    for c, forward in zip(classes, (channel_attention_forward, window_attention_forward, mlp_forward)):
+        c.forward = forward
     try:
         yield
     finally:
-        mf.Florence2VisionChannelAttention.forward, mf.Florence2VisionWindowAttention.forward = originals
+        for c, forward in zip(classes, originals):
+            c.forward = forward
 
 
 class EmbedWrapper(nn.Module):
