@@ -65,6 +65,9 @@ VARIANTS = {
     "q4": ("_q4", {}, 768),  # MatMulNBits 4-bit everywhere (weight-only, batch-invariant)
     # an onnx-community-layout folder (the four parts only) after `models optimize`
     "int8-optimized": ("_int8", {}, 768),
+    # issue 17, the 2 GB Pi profile (config/examples/pi-2gb.toml): one stage's graphs loaded at a
+    # time, so every frame reloads them; kv_cache_mb 128 splits this frame's decode in two calls
+    "int8-pi": ("_int8", {"load_per_stage": True, "kv_cache_mb": 128}, 768),
 }
 # contenders whose files live in a sibling folder of the exported model: name -> folder suffix
 FOLDERS = {"int8-dynamic": "-int8dyn", "int8-optimized": "-oc"}

@@ -30,6 +30,7 @@ class ModelOptions:
     max_new_tokens: int = 1024
     decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
     kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
+    load_per_stage: bool = False  # hold one stage's graphs at a time (less memory, a reload per frame)
     telemetry: bool = False  # allow onnxruntime's own telemetry (device id + events file under $HOME/.cache)
 
     def __post_init__(self):
@@ -63,7 +64,8 @@ class ModelOptions:
 
         kw = dict(model_dir=self.dir, variant=self.variant, providers=self.providers, intra_op_threads=self.threads,
                   num_beams=self.num_beams or None, max_new_tokens=self.max_new_tokens,
-                  decode_batch=self.decode_batch, kv_cache_mb=self.kv_cache_mb)
+                  decode_batch=self.decode_batch, kv_cache_mb=self.kv_cache_mb,
+                  load_per_stage=self.load_per_stage)
         kw.update(overrides)
         return EngineOptions(**kw)
 

@@ -11,6 +11,7 @@ sequence (models/generate.py, over a runner of models/runners.py).  No torch is 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -78,6 +79,14 @@ class EngineOptions:
     # vision tower's activation memory.  Base int8, one 768 tile: +262 MB resident after the run
     # without, +8 MB with; the next call re-grows it (~0.05 s).
     arena_shrink: bool = True
+    # Hold only one stage's graphs at a time: the vision tower is loaded for the vision stage and
+    # released after it, the text encoder and decoders for the decode stage (the embedding table,
+    # a mapped file, and the prompts stay).  The largest activations (the vision tower's) then
+    # never sit on top of the decoders' weights, nor the decode's caches on the vision tower's:
+    # for 2 GB devices.  Every graph is loaded once at start, so a broken model fails there; each
+    # engine.run reloads both stages' graphs ("load" progress reports; measured in
+    # benchmarks/frame-results.md, session 8).
+    load_per_stage: bool = False
     # Called from inside the engine as progress(stage, done, total): "load" after each ONNX graph
     # is loaded (total 0: not known), "vision" after each vision-encoder chunk, "encoder" after
     # each decode chunk's text-encoder pass, "decode" after each decode chunk (text encoder +
@@ -195,27 +204,25 @@ class Florence2Engine:
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
         self._loads = 0
-        make = lambda part: self._loaded(_session(self.dir.onnx_path(part), self.providers, opts))  # noqa: E731
-        self.vision, self.embed, self.encoder = make("vision_encoder"), make("embed_tokens"), make("encoder_model")
         tc = self.dir.text_config()
-        heads = tc.get("decoder_attention_heads")
-        head_dim = tc["d_model"] // heads if heads and tc.get("d_model") else None
+        self._heads = tc.get("decoder_attention_heads")
+        self._head_dim = tc["d_model"] // self._heads if self._heads and tc.get("d_model") else None
         self._shrink = _shrink_options() if opts.arena_shrink and opts.cpu_mem_arena else None
-        fast = self.dir.fast_decoder_paths() if opts.fast_decoder else None
-        try:
-            if fast:
-                self.runner = BufferedRunner(self.embed, *(self._loaded(_session(p, self.providers, opts)) for p in fast),
-                                             cross_run_options=self._run_options(True))
-            else:
-                self.runner = DecoderRunner(self.embed, make("decoder_model_merged"), heads, head_dim)
-        except ValueError as exc:
-            raise ModelDirError(f"{fast[1] if fast else self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
+        self._fast = self.dir.fast_decoder_paths() if opts.fast_decoder else None
+        self.vision = self.encoder = self.runner = None
+        self._depth = {"vision": 0, "text": 0}  # _stage: blocks holding each stage's graphs
+        self._load_stage("vision")
+        self.embed = self._load("embed_tokens")
+        self._load_stage("text")
         self.tokenizer = self.dir.load_tokenizer()
         self.pre_cfg = PreprocessConfig.from_dir(self.dir.path)
         self.settings = GenerationSettings.from_dir(self.dir.path, num_beams=opts.num_beams,
                                                     max_new_tokens=opts.max_new_tokens)
         self._prompt_cache: dict[str, np.ndarray] = {}
         self._out_shapes: dict[tuple, tuple] = {}  # _run_owned: output shape and dtype per input shape
+        if opts.load_per_stage:
+            self._unload_stage("vision")
+            self._unload_stage("text")
         self._settle_memory()
         limit = tc.get("max_position_embeddings")
         if isinstance(limit, int) and self.settings.max_new_tokens > limit:
@@ -226,10 +233,52 @@ class Florence2Engine:
         if self.opts.progress is not None:
             self.opts.progress(stage, done, total)
 
-    def _loaded(self, session):
+    def _load(self, part: str | Path):
+        """One graph's session: a part name (its path in this variant) or a path."""
+        path = part if isinstance(part, Path) else self.dir.onnx_path(part)
+        session = _session(path, self.providers, self.opts)
         self._loads += 1
         self._progress("load", self._loads, 0)
         return session
+
+    def _load_stage(self, stage: str) -> None:
+        """Load the graphs of `stage`: "vision" (the vision tower) or "text" (the text encoder and
+        the decoder graphs, behind self.runner)."""
+        if stage == "vision":
+            self.vision = self._load("vision_encoder")
+            return
+        self.encoder = self._load("encoder_model")
+        fast = self._fast
+        try:
+            if fast:
+                self.runner = BufferedRunner(self.embed, *(self._load(Path(p)) for p in fast),
+                                             cross_run_options=self._run_options(True))
+            else:
+                self.runner = DecoderRunner(self.embed, self._load("decoder_model_merged"), self._heads, self._head_dim)
+        except ValueError as exc:
+            raise ModelDirError(f"{fast[1] if fast else self.dir.onnx_path('decoder_model_merged')}: {exc}") from None
+
+    def _unload_stage(self, stage: str) -> None:
+        if stage == "vision":
+            self.vision = None
+        else:
+            self.encoder = self.runner = None
+
+    @contextmanager
+    def _stage(self, stage: str):
+        """The graphs of `stage` loaded for the block (opts.load_per_stage: loaded at its start
+        unless an enclosing block holds them, released at its end, then the heap trimmed)."""
+        per_stage = self.opts.load_per_stage
+        if per_stage and self._depth[stage] == 0:
+            self._load_stage(stage)
+        self._depth[stage] += 1
+        try:
+            yield
+        finally:
+            self._depth[stage] -= 1
+            if per_stage and self._depth[stage] == 0:
+                self._unload_stage(stage)
+                self._release_memory()
 
     def _settle_memory(self) -> None:
         """Load-time memory choices.  The embedding table, when `models export`/`quantize` put it in
@@ -270,24 +319,25 @@ class Florence2Engine:
         from edge_agent.models.preprocess import preprocess
 
         self._release_memory()  # the vision tower's activations are the largest: start from a trimmed heap
-        dtype = _input_dtype(self.vision, "pixel_values")
-        step = self._chunk(self.opts.vision_batch)
-        starts = range(0, len(pixel_values), step)
-        parts = []
-        for i in starts:
-            chunk = pixel_values[i:i + step]
-            px = preprocess(list(chunk), self.pre_cfg) if isinstance(pixel_values, list) else chunk
-            parts.append(self._run_owned(self.vision, {"pixel_values": px.astype(dtype, copy=False)},
-                                         "image_features", self._run_options(i == starts[-1])))
-            self._progress("vision", len(parts), len(starts))
+        with self._stage("vision"):
+            dtype = _input_dtype(self.vision, "pixel_values")
+            step = self._chunk(self.opts.vision_batch)
+            starts = range(0, len(pixel_values), step)
+            parts = []
+            for i in starts:
+                chunk = pixel_values[i:i + step]
+                px = preprocess(list(chunk), self.pre_cfg) if isinstance(pixel_values, list) else chunk
+                parts.append(self._run_owned("vision", self.vision, {"pixel_values": px.astype(dtype, copy=False)},
+                                             "image_features", self._run_options(i == starts[-1])))
+                self._progress("vision", len(parts), len(starts))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def _run_owned(self, session, feeds: dict, output: str, run_options) -> np.ndarray:
+    def _run_owned(self, part: str, session, feeds: dict, output: str, run_options) -> np.ndarray:
         """The session's output named `output`, written into an array we own.  ONNX Runtime's own outputs
         live in its arena, and one that is kept pins its arena region through the shrink after a
         stage (measured: +32 MB resident after the vision stage).  The output's shape is learned
-        from the first call at each input shape, whose output is copied."""
-        key = (id(session), *(v.shape for v in feeds.values()))
+        from the first call of `part` at each input shape, whose output is copied."""
+        key = (part, *(v.shape for v in feeds.values()))
         known = self._out_shapes.get(key)
         if known is None:
             out = session.run([output], feeds, run_options)[0]
@@ -331,7 +381,6 @@ class Florence2Engine:
             prompt = prompts[r % len(tasks)]
             x[k, :n_img], x[k, n_img:n_img + len(prompt)] = feats[r // len(tasks)], prompt
             mask[k, :n_img + len(prompt)] = 1
-        dtype = _input_dtype(self.encoder, "inputs_embeds")
         step = self._chunk(self.opts.encoder_batch)
         starts = range(0, len(x), step)
         # Each call is cut to its own rows' longest length (one row per call on CPU: no padding at
@@ -339,12 +388,14 @@ class Florence2Engine:
         # sees only the row itself: a row's states do not depend on the other tasks of its batch
         # (tests/test_batch_invariance.py).  Padded positions of the result are zeros (masked).
         hidden = np.zeros(x.shape, np.float32)
-        for i in starts:
-            n = int(mask[i:i + step].sum(1).max())
-            hidden[i:i + step, :n] = self._run_owned(
-                self.encoder, {"inputs_embeds": x[i:i + step, :n].astype(dtype, copy=False),
-                               "attention_mask": mask[i:i + step, :n]}, "last_hidden_state",
-                self._run_options(i == starts[-1]))
+        with self._stage("text"):
+            dtype = _input_dtype(self.encoder, "inputs_embeds")
+            for i in starts:
+                n = int(mask[i:i + step].sum(1).max())
+                hidden[i:i + step, :n] = self._run_owned(
+                    "encoder", self.encoder, {"inputs_embeds": x[i:i + step, :n].astype(dtype, copy=False),
+                                              "attention_mask": mask[i:i + step, :n]}, "last_hidden_state",
+                    self._run_options(i == starts[-1]))
         del x
         self._release_memory()
         return hidden, mask
@@ -355,13 +406,14 @@ class Florence2Engine:
         heap is trimmed at the end."""
         enc_len = feats.shape[1] + max(len(self.prompt_embeds(t)) for t in tasks)
         out: list[Generated] = []
-        chunks = self._decode_chunks(rows, enc_len)
-        for k, (i, j) in enumerate(chunks, 1):
-            hidden, mask = self.encode(feats, tasks, range(i, j))  # ends with a heap trim
-            self._progress("encoder", k, len(chunks))
-            out += generate(self.runner, hidden, mask, self.settings, rows[i:j])
-            del hidden, mask
-            self._progress("decode", k, len(chunks))
+        with self._stage("text"):
+            chunks = self._decode_chunks(rows, enc_len)
+            for k, (i, j) in enumerate(chunks, 1):
+                hidden, mask = self.encode(feats, tasks, range(i, j))  # ends with a heap trim
+                self._progress("encoder", k, len(chunks))
+                out += generate(self.runner, hidden, mask, self.settings, rows[i:j])
+                del hidden, mask
+                self._progress("decode", k, len(chunks))
         # the decode's temporaries leave glibc's heap ~70 MB larger (3 beams, 1024 tokens)
         self._release_memory()
         return out
