@@ -69,6 +69,9 @@ def _positions(embed_positions: nn.Embedding, start, length, device) -> torch.Te
     return nn.functional.embedding(ids, embed_positions.weight)[None]
 
 
+MLP_CHUNK = 9216  # tokens per vision MLP or window-attention call: a quarter of the first stage at 768 (192 x 192)
+
+
 def _qkv(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k and v of a fused qkv Linear ([3C, C] weight, q rows first), each its own MatMul.  The
     fused output and the three slices of it were alive together: [36864, 384] floats (54 MB) plus
@@ -107,7 +110,8 @@ def _window_attention(self, query, key, value):
 
 
 def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """`Florence2VisionWindowAttention.forward` (transformers 5), attention one head at a time."""
+    """`Florence2VisionWindowAttention.forward` (transformers 5), attention one head at a time, over
+    at most MLP_CHUNK tokens' worth of windows per call (the first stage at 768: 4 calls of 64)."""
     import torch.nn.functional as F
 
     b, height, width, c = hidden_states.shape
@@ -116,17 +120,20 @@ def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     hidden_states = F.pad(hidden_states, (0, 0, 0, pad_r, 0, pad_b))
     _, ph, pw, _ = hidden_states.shape
     windows = hidden_states.view(b, ph // ws, ws, pw // ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
-    windows = windows.view(-1, ws * ws, c)
-    n, t, _ = windows.shape
-    query, key, value = (x.reshape(n, t, self.num_heads, c // self.num_heads).permute(0, 2, 1, 3)
-                         for x in _qkv(self.qkv, windows))  # [W, H, T, D] each
-    out = self.proj(_window_attention(self, query, key, value).reshape(n, t, c))
+    t, per_image = ws * ws, (ph // ws) * (pw // ws)  # static: the image side is baked into the graph
+    windows = windows.view(-1, per_image, t, c)  # [B, W, T, C]: the batch stays symbolic
+    outs = []
+    step = max(1, MLP_CHUNK // t)
+    for part in (windows.split(step, dim=1) if per_image > step else (windows,)):  # independent windows: 4 calls at 768
+        w = part.shape[1]
+        x = part.reshape(-1, t, c)
+        query, key, value = (y.reshape(-1, t, self.num_heads, c // self.num_heads).permute(0, 2, 1, 3)
+                             for y in _qkv(self.qkv, x))  # [B*W, H, T, D] each
+        outs.append(self.proj(_window_attention(self, query, key, value).reshape(-1, w, t, c)))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     out = out.view(-1, ph // ws, pw // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
     out = out.view(-1, ph, pw, c)[:, :height, :width, :].contiguous()
     return out.view(b, height * width, c)
-
-
-MLP_CHUNK = 9216  # tokens per vision-MLP call: a quarter of the first stage at 768 (192 x 192)
 
 
 def mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,11 @@ def test_bench_prints_stage_table_and_progress():
     out = r.stdout
     assert "workload: 1920x1080 frame, 2 tiles at 768, <OD> 6 + <OCR_WITH_REGION> 3" in out
     header = next(line for line in out.splitlines() if "vision s" in line)
-    for col in ("preproc s", "encoder s", "decode ms/step", "frame s", "peak RSS MB", "decode b2 od"):
+    for col in ("preproc s", "reload s", "encoder s", "decode ms/step", "frame s", "peak RSS MB", "decode b2 od"):
         assert col in header
     row = next(line for line in out.splitlines() if line.startswith("edge-agent fp32"))
-    assert len(row.split()) == 2 + 9
+    assert len(row.split()) == 2 + 10
+    assert row.split()[3] == "0.00"  # reload s: every graph stays loaded by default (load_per_stage off)
     assert "bench: frame: 2 tiles, 4 sequences, 6 batched steps" in r.stderr
     for line in ("bench: vision 2/2", "bench: encoder 1/1", "bench: decode 1/1"):  # the engine's own progress
         assert line in r.stderr.splitlines()

@@ -99,3 +99,16 @@ def test_run_from_the_config_key(tmp_path):
     assert len(json_lines(p.stdout)) == 1
     shown = edge_agent("config", "show", "--config", str(cfg))
     assert "load_per_stage = true" in shown.stdout, shown.stdout
+
+
+def test_bench_charges_the_reloads_to_their_own_column():
+    from edge_agent.bench import QUICK, StageClock, measure_engine
+
+    ticks = iter(range(10_000))
+    clock = StageClock(clock=lambda: float(next(ticks)))  # one second per report: counts, not timings
+    eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1, max_new_tokens=8,
+                                        load_per_stage=True, progress=clock))
+    frame = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    res = measure_engine(eng, clock, frame, QUICK.__class__(tiles=2, od_tokens=3, ocr_tokens=2), progress=lambda m: None)
+    assert res["reload_s"] == 4.0  # four graphs loaded inside the frame, one report each
+    assert res["vision_s"] == 2.0 and res["frame_s"] >= sum(res[k] for k in ("reload_s", "vision_s", "encoder_s", "decode_s"))
