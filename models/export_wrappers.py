@@ -69,7 +69,7 @@ def _positions(embed_positions: nn.Embedding, start, length, device) -> torch.Te
     return nn.functional.embedding(ids, embed_positions.weight)[None]
 
 
-MLP_CHUNK = 9216  # tokens per vision MLP or window-attention call: a quarter of the first stage at 768 (192 x 192)
+VISION_CHUNK = 9216  # tokens per vision MLP or window-attention call: a quarter of the first stage at 768 (192 x 192)
 
 
 def _qkv(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,7 +111,7 @@ def _window_attention(self, query, key, value):
 
 def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     """`Florence2VisionWindowAttention.forward` (transformers 5), attention one head at a time, over
-    at most MLP_CHUNK tokens' worth of windows per call (the first stage at 768: 4 calls of 64)."""
+    at most VISION_CHUNK tokens' worth of windows per call (the first stage at 768: 4 calls of 64)."""
     import torch.nn.functional as F
 
     b, height, width, c = hidden_states.shape
@@ -123,7 +123,7 @@ def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     t, per_image = ws * ws, (ph // ws) * (pw // ws)  # static: the image side is baked into the graph
     windows = windows.view(-1, per_image, t, c)  # [B, W, T, C]: the batch stays symbolic
     outs = []
-    step = max(1, MLP_CHUNK // t)
+    step = max(1, VISION_CHUNK // t)
     for part in (windows.split(step, dim=1) if per_image > step else (windows,)):  # independent windows: 4 calls at 768
         w = part.shape[1]
         x = part.reshape(-1, t, c)
@@ -137,14 +137,14 @@ def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """`Florence2VisionMLP.forward` over chunks of MLP_CHUNK tokens (the same arithmetic, token by
+    """`Florence2VisionMLP.forward` over chunks of VISION_CHUNK tokens (the same arithmetic, token by
     token).  The first stage's hidden layer at 768 (36864 tokens x 512, 72 MB) and its GELU (as
     much again) were the vision tower's largest live tensors: 162 of its peak live MB in ONNX
-    Runtime's base int8 profile.  A stage of at most MLP_CHUNK tokens stays one call."""
-    if hidden_states.shape[1] <= MLP_CHUNK:
+    Runtime's base int8 profile.  A stage of at most VISION_CHUNK tokens stays one call."""
+    if hidden_states.shape[1] <= VISION_CHUNK:
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
     return torch.cat([self.fc2(self.activation_fn(self.fc1(part)))
-                      for part in hidden_states.split(MLP_CHUNK, dim=1)], dim=1)
+                      for part in hidden_states.split(VISION_CHUNK, dim=1)], dim=1)
 
 
 class VisionWrapper(nn.Module):
