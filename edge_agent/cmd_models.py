@@ -205,10 +205,13 @@ def _tasks(value: str) -> tuple[str, ...]:
               help="--random-config only: initial <loc_N> embeddings (sinusoidal: neighbouring bins alike).")
 @click.option("--encoder-lr-scale", type=float, default=1.0, show_default=True,
               help="Learning rate of the vision tower and text encoder, as a share of --lr (0.1: see docs/training.md).")
+@click.option("--dense-aux", type=float, default=0.0, show_default=True,
+              help="Weight of a dense auxiliary loss on the encoder's image cells (class + box per cell; "
+                   "for training from scratch, docs/training.md). 0: off.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def finetune_cmd(data, out, src, random_config, tasks, image_size, epochs, max_steps, lr, warmup, batch_size, mode,
                  lora_rank, heldout, max_target_tokens, checkpoint_every, log_every, resume, seed, threads, no_export,
-                 eval_max_new_tokens, loc_init, encoder_lr_scale, no_progress):
+                 eval_max_new_tokens, loc_init, encoder_lr_scale, dense_aux, no_progress):
     """Fine-tune Florence-2 on COCO data DATA (a JSON file, or a folder with annotations.json).
 
     <OD> learns the annotations' categories; <OCR_WITH_REGION> the annotations with a `text`
@@ -223,7 +226,8 @@ def finetune_cmd(data, out, src, random_config, tasks, image_size, epochs, max_s
                     max_target_tokens=max_target_tokens, checkpoint_every=checkpoint_every, log_every=log_every,
                     resume=resume,
                     seed=seed, threads=threads, export=not no_export, eval_max_new_tokens=eval_max_new_tokens,
-                    loc_init=loc_init, encoder_lr_scale=encoder_lr_scale, progress=not no_progress)
+                    loc_init=loc_init, encoder_lr_scale=encoder_lr_scale, dense_aux=dense_aux,
+                    progress=not no_progress)
     finetune(opts, echo=click.echo)
 
 

@@ -84,6 +84,9 @@ class FinetuneOptions:
     # share of --lr.  From scratch at 1.0 the encoder collapses within 50 steps (its output
     # stops depending on the image; docs/training.md section 6); 0.1 kept it seeing.
     encoder_lr_scale: float = 1.0
+    # Weight of the dense auxiliary loss (models/dense_aux.py): every image cell of the encoder's
+    # output classifies what stands there and regresses its box.  0 turns it off.
+    dense_aux: float = 0.0
 
     def __post_init__(self):
         if bool(self.source) == bool(self.random_config):
@@ -100,7 +103,7 @@ class FinetuneOptions:
                   "max steps": self.max_steps is None or self.max_steps >= 1, "threads": self.threads >= 0,
                   "weight decay": self.weight_decay >= 0,
                   "loc init": self.loc_init in ("sinusoidal", "random"),
-                  "encoder lr scale": 0 < self.encoder_lr_scale <= 1}
+                  "encoder lr scale": 0 < self.encoder_lr_scale <= 1, "dense aux": self.dense_aux >= 0}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name.replace(' ', '_'))!r}")
@@ -292,7 +295,7 @@ RESUME_KEYS = ("data", "source", "random_config", "tasks", "image_size", "mode",
 
 def _meta(opts: FinetuneOptions, step: int, total: int) -> dict:
     return {"step": step, "total_steps": total,
-            "options": {k: getattr(opts, k) for k in RESUME_KEYS + ("lr", "encoder_lr_scale")}}
+            "options": {k: getattr(opts, k) for k in RESUME_KEYS + ("lr", "encoder_lr_scale", "dense_aux")}}
 
 
 def _check_resume(opts: FinetuneOptions, meta: dict, where: Path) -> None:
@@ -310,6 +313,10 @@ def _check_resume(opts: FinetuneOptions, meta: dict, where: Path) -> None:
     if (was_scale == 1.0) != (opts.encoder_lr_scale == 1.0):
         raise ModelSettingError(f"--resume: {where} was trained with encoder_lr_scale = {was_scale!r}, not "
                                 f"{opts.encoder_lr_scale!r} (1.0 and other values need different optimizer groups)")
+    was_aux = float(saved.get("dense_aux", 0.0))
+    if (was_aux > 0) != (opts.dense_aux > 0):
+        raise ModelSettingError(f"--resume: {where} was trained with dense_aux = {was_aux!r}, not {opts.dense_aux!r} "
+                                f"(the dense head is either trained from the start or not at all)")
 
 
 def _set_peak_lrs(optimizer, scheduler, opts: FinetuneOptions) -> None:
@@ -332,12 +339,14 @@ def is_image_side(name: str) -> bool:
     return any(k in name for k in ("vision", "image_", "visual_", "encoder."))
 
 
-def param_groups(model, lr: float, encoder_scale: float) -> list[dict]:
-    """One AdamW group at lr, and the image side (is_image_side) at lr * encoder_scale."""
+def param_groups(model, lr: float, encoder_scale: float, extra=()) -> list[dict]:
+    """One AdamW group at lr, and the image side (is_image_side) at lr * encoder_scale.
+    `extra` parameters (the dense head) train at lr."""
     fast, slow = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (slow if encoder_scale != 1.0 and is_image_side(name) else fast).append(p)
+    fast += list(extra)
     groups = [{"params": fast}]
     if slow:
         groups.append({"params": slow, "lr": lr * encoder_scale})
@@ -441,9 +450,17 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
 
     if opts.mode == "lora":
         model = apply_lora(model, opts.lora_rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.encoder_lr_scale), lr=opts.lr,
-                                  weight_decay=opts.weight_decay)
+    head = grid = None
+    if opts.dense_aux:
+        from edge_agent.models.dense_aux import DenseHead, dense_classes, dense_targets, grid_side
+
+        classes = dense_classes(dataset.categories.values())
+        grid = grid_side(n_img)
+        head = DenseHead(int(model.config.text_config.d_model), len(classes))
+    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.encoder_lr_scale,
+                                               head.parameters() if head else ()),
+                                  lr=opts.lr, weight_decay=opts.weight_decay)
     spe = math.ceil(len(examples) / opts.batch_size)
     total = opts.max_steps or max(1, math.ceil(opts.epochs * spe))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(opts.warmup * total), total))
@@ -453,6 +470,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
         _check_resume(opts, meta, ckpts[-1])
         state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
         model.load_state_dict(state["model"])
+        if head is not None:
+            head.load_state_dict(state["dense_head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_peak_lrs(optimizer, scheduler, opts)
@@ -481,6 +500,8 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
                         "is learning a prior, not the images; restart with a lower --lr", at, spread, SPREAD_WARN)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": at}
+        if head is not None:
+            state["dense_head"] = head.state_dict()
         path = save_checkpoint(out, at, state, _meta(opts, at, total))
         logger.write(step=at, heldout_loss=held, encoder_spread=spread, checkpoint=path.name)
         return path
@@ -490,9 +511,15 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
             epoch, pos = divmod(step, spe)
             order = epoch_order(len(examples), opts.seed, epoch)
             chunk = [examples[i] for i in order[pos * opts.batch_size:(pos + 1) * opts.batch_size]]
-            loss = model(**train_batch(chunk)).loss
+            output = model(**train_batch(chunk))
+            loss = total_loss = output.loss
+            aux = None
+            if head is not None:
+                cls, box = dense_targets([train_set.samples[e.sample] for e in chunk], opts.image_size, grid, classes)
+                aux = head.loss(output.encoder_last_hidden_state, torch.from_numpy(cls), torch.from_numpy(box))
+                total_loss = loss + opts.dense_aux * aux
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total_loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
@@ -508,8 +535,9 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
                 bar.set_postfix(loss=f"{ema:.3f}", samples_s=f"{sps:.2f}", refresh=False)
                 bar.update(1)
             if step % opts.log_every == 0 or step == total:
+                row = {"dense_aux": round(aux.item(), 4)} if aux is not None else {}
                 logger.write(step=step, epoch=round(step / spe, 4), loss=value, loss_ema=ema,
-                             lr=scheduler.get_last_lr()[0], samples_per_s=round(sps, 3))
+                             lr=scheduler.get_last_lr()[0], samples_per_s=round(sps, 3), **row)
             if step % opts.checkpoint_every == 0 or step == total:
                 checkpoint(step)
                 t_last = time.perf_counter()  # samples/s counts training only
