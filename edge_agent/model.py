@@ -31,6 +31,7 @@ class ModelOptions:
     decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
     kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
     load_per_stage: bool = False  # hold one stage's graphs at a time (less memory, a reload per frame)
+    mmap_threshold_kb: int = 128  # glibc's mmap threshold, fixed (models/engine.py); 0: glibc's dynamic one
     telemetry: bool = False  # allow onnxruntime's own telemetry (device id + events file under $HOME/.cache)
 
     def __post_init__(self):
@@ -44,7 +45,7 @@ class ModelOptions:
             raise ValueError("providers: must name at least one execution provider")
         if not self.tasks or any(t not in TASKS for t in self.tasks):
             raise ValueError(f"tasks: must be a non-empty list of {', '.join(map(repr, TASKS))}")
-        for key in ("threads", "num_beams", "decode_batch", "kv_cache_mb"):
+        for key in ("threads", "num_beams", "decode_batch", "kv_cache_mb", "mmap_threshold_kb"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}: must be >= 0")
         if not 0 < self.max_new_tokens <= MAX_NEW_TOKENS:
@@ -65,7 +66,7 @@ class ModelOptions:
         kw = dict(model_dir=self.dir, variant=self.variant, providers=self.providers, intra_op_threads=self.threads,
                   num_beams=self.num_beams or None, max_new_tokens=self.max_new_tokens,
                   decode_batch=self.decode_batch, kv_cache_mb=self.kv_cache_mb,
-                  load_per_stage=self.load_per_stage)
+                  load_per_stage=self.load_per_stage, mmap_threshold_kb=self.mmap_threshold_kb)
         kw.update(overrides)
         return EngineOptions(**kw)
 

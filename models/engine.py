@@ -21,7 +21,7 @@ import numpy as np
 from edge_agent.models.errors import InferenceError, ModelDirError, ModelError, ModelSettingError
 from edge_agent.models.generate import Generated, generate
 from edge_agent.models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
-from edge_agent.models.memory import advise_random, trim_heap
+from edge_agent.models.memory import advise_random, fix_mmap_threshold, trim_heap
 from edge_agent.models.outputs import TASKS, TaskOutput
 from edge_agent.models.runners import BufferedRunner, DecoderRunner
 
@@ -87,6 +87,14 @@ class EngineOptions:
     # engine.run reloads both stages' graphs ("load" progress reports; measured in
     # benchmarks/frame-results.md, session 8).
     load_per_stage: bool = False
+    # glibc's mmap threshold, fixed for the process when the engine starts (KiB; 0 leaves glibc's
+    # dynamic threshold).  glibc raises its threshold to each freed mapped block's size (up to
+    # 32 MB), so after a graph's load or a stage's activations are freed, blocks below that size
+    # come from the heap and stay resident.  Base int8, `load_per_stage`, 16 new tokens
+    # (benchmarks/stage_peaks.py, MiB): vision stages 616/616 -> 500/541, decode calls 509-612 ->
+    # 456-570 at 128 KiB (glibc's own starting value); 1024 KiB 533/581; 4096 KiB 574/618.
+    # No-op off glibc.
+    mmap_threshold_kb: int = 128
     # Called from inside the engine as progress(stage, done, total): "load" after each ONNX graph
     # is loaded (total 0: not known), "vision" after each vision-encoder chunk, "encoder" after
     # each decode chunk's text-encoder pass, "decode" after each decode chunk (text encoder +
@@ -201,6 +209,8 @@ class Florence2Engine:
         from edge_agent.models.preprocess import PreprocessConfig
 
         self.opts = opts
+        if opts.mmap_threshold_kb:
+            fix_mmap_threshold(opts.mmap_threshold_kb * 1024)
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
         self._loads = 0

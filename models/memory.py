@@ -1,6 +1,11 @@
 """Linux memory levers for the engine, each a few lines of ctypes (no-ops elsewhere).
 
 - trim_heap: glibc's malloc_trim, which returns free heap pages to the OS.
+- fix_mmap_threshold: glibc's mallopt(M_MMAP_THRESHOLD), which serves every allocation at or
+  above the threshold with its own mapping, returned to the OS when freed.  By default glibc
+  raises the threshold to the size of each mapped block that is freed (up to 32 MB), so after
+  ONNX Runtime frees a large block (a graph's load, a stage's activations), blocks up to that
+  size come from the heap, where they fragment and stay resident.  Setting it fixes it.
 - advise_random: for a weights file that ONNX Runtime maps (external data), madvise(MADV_RANDOM)
   on its mappings: no read-ahead, so a table read a row at a time (the token embedding) is read
   from disk a page at a time.  The kernel still maps the cached pages around a faulting one
@@ -16,6 +21,7 @@ import os
 from pathlib import Path
 
 MADV_RANDOM = 1
+M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,6 +36,15 @@ def trim_heap() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """Fix glibc's mmap threshold at `nbytes` for the whole process (no dynamic raise).  True
+    where it was set; False off glibc.  Process-wide: the last caller wins."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
 
 
 def advise_random(file: Path) -> int:

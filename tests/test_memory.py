@@ -61,3 +61,34 @@ def test_advise_random_on_an_unmapped_file_maps_nothing(tmp_path):
 
 def test_trim_heap_runs():
     trim_heap()  # glibc: returns free heap pages; elsewhere a no-op; must never raise
+
+
+HEAP_PROBE = """
+import ctypes, sys
+from edge_agent.models.memory import fix_mmap_threshold
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold(128 * 1024)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(8 << 20))  # a mapped 8 MB block, freed: glibc's dynamic threshold rises to 8 MB
+block = libc.malloc(1 << 20)
+with open("/proc/self/maps") as f:
+    heap = [[int(x, 16) for x in line.split()[0].split("-")] for line in f if line.rstrip().endswith("[heap]")]
+print("heap" if any(lo <= block < hi for lo, hi in heap) else "mapped")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or os.uname().sysname != "Linux", reason="glibc on Linux")
+def test_a_fixed_mmap_threshold_keeps_large_blocks_off_the_heap():
+    """glibc raises its mmap threshold to a freed mapped block's size, so the next 1 MB block comes
+    from the heap (where it can stay resident after free); fixed at 128 KB it gets its own mapping."""
+    import subprocess
+
+    def where(mode):
+        p = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    assert where("dynamic") == "heap"
+    assert where("fixed") == "mapped"
