@@ -66,8 +66,12 @@ VARIANTS = {
     # an onnx-community-layout folder (the four parts only) after `models optimize`
     "int8-optimized": ("_int8", {}, 768),
     # issue 17, the 2 GB Pi profile (config/examples/pi-2gb.toml): one stage's graphs loaded at a
-    # time, so every frame reloads them; kv_cache_mb 128 splits this frame's decode in two calls
-    "int8-pi": ("_int8", {"load_per_stage": True, "kv_cache_mb": 128}, 768),
+    # time, so every frame reloads them; kv_cache_mb 128 splits this frame's decode in two calls;
+    # glibc's mmap threshold fixed at 128 KiB
+    "int8-pi": ("_int8", {"load_per_stage": True, "kv_cache_mb": 128, "mmap_threshold_kb": 128}, 768),
+    # issue 17, session 9: int8 with glibc's mmap threshold fixed at 128 KiB (the Pi profile's
+    # [model] mmap_threshold_kb), to time what it costs at the defaults
+    "int8-mmap128": ("_int8", {"mmap_threshold_kb": 128}, 768),
 }
 # contenders whose files live in a sibling folder of the exported model: name -> folder suffix
 FOLDERS = {"int8-dynamic": "-int8dyn", "int8-optimized": "-oc"}
