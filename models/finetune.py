@@ -451,15 +451,16 @@ def finetune(opts: FinetuneOptions, echo: Callable[[str], None] = print) -> Fine
     if opts.mode == "lora":
         model = apply_lora(model, opts.lora_rank)
     head = grid = None
+    head_params = []
     if opts.dense_aux:
         from edge_agent.models.dense_aux import DenseHead, dense_classes, dense_targets, grid_side
 
         classes = dense_classes(dataset.categories.values())
         grid = grid_side(n_img)
         head = DenseHead(int(model.config.text_config.d_model), len(classes))
-    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.encoder_lr_scale,
-                                               head.parameters() if head else ()),
+        head_params = list(head.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + head_params
+    optimizer = torch.optim.AdamW(param_groups(model, opts.lr, opts.encoder_lr_scale, head_params),
                                   lr=opts.lr, weight_decay=opts.weight_decay)
     spe = math.ceil(len(examples) / opts.batch_size)
     total = opts.max_steps or max(1, math.ceil(opts.epochs * spe))
