@@ -53,7 +53,8 @@ class Runner(Protocol):
 
     def step(self, tokens: np.ndarray, cache: Cache) -> np.ndarray:
         """A later step: tokens [R], one per row of `cache` -> logits [R, V] float32.  The cache
-        is updated in place to hold this step too."""
+        is updated in place to hold this step too.  The logits (of `first` too) are the caller's
+        to overwrite, and may be a view of a buffer that the next call on the same cache reuses."""
 
     def kv_bytes_per_row(self, max_length: int, enc_len: int) -> int:
         """The most bytes one row's cache can take at max_length tokens over enc_len encoder
@@ -94,13 +95,13 @@ def _groups(rows: Sequence[GenerationSettings]) -> list[np.ndarray]:
 
 
 def _process_rows(logits: np.ndarray, seqs: np.ndarray, rows: list[GenerationSettings]) -> np.ndarray:
+    """process_scores per group of rows with the same settings, in place in `logits`."""
     groups = _groups(rows)
     if len(groups) == 1:
-        return process_scores(logits, seqs, rows[0])
-    out = np.empty_like(logits)
+        return process_scores(logits, seqs, rows[0], inplace=True)
     for g in groups:
-        out[g] = process_scores(logits[g], seqs[g], rows[g[0]])
-    return out
+        logits[g] = process_scores(logits[g], seqs[g], rows[g[0]], inplace=True)
+    return logits
 
 
 def _greedy(runner: Runner, enc_hidden, enc_mask, rows: list[GenerationSettings]) -> list[Generated]:
@@ -115,7 +116,7 @@ def _greedy(runner: Runner, enc_hidden, enc_mask, rows: list[GenerationSettings]
         act_rows = [rows[i] for i in active]
         scores = _process_rows(logits, seqs, act_rows)
         tokens = np.argmax(scores, axis=1)
-        p = chosen_probs(scores, tokens)
+        p = chosen_probs(scores, tokens, inplace=True)  # scores are not read again
         seqs = np.concatenate([seqs, tokens[:, None]], axis=1)
         for r, i in enumerate(active):
             probs[i].append(float(p[r]))
@@ -229,7 +230,7 @@ def _beam_search(runner: Runner, enc_hidden, enc_mask, s: GenerationSettings) ->
     active = list(range(n))  # item of each block of K rows
     while True:
         seqs = np.concatenate([items[i].run_seqs for i in active])
-        logprobs = process_scores(log_softmax(logits), seqs, s)
+        logprobs = process_scores(log_softmax(logits, inplace=True), seqs, s, inplace=True)
         gather, still = [], []
         for b, i in enumerate(active):
             parents = items[i].step(logprobs[b * k:(b + 1) * k])

@@ -135,20 +135,29 @@ class GenerationSettings:
                     max_new_tokens=self.max_new_tokens, do_sample=False)
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
+# The functions below take [R, V] arrays (V: the vocabulary, 51k) once per decode step.  With
+# inplace=True they overwrite their input instead of allocating [R, V] temporaries (the decode
+# loops own their logits): the same operations in the same order, so the same bits.
+
+
+def log_softmax(x: np.ndarray, inplace: bool = False) -> np.ndarray:
     m = np.max(x, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype)
-    shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    shifted = np.subtract(x, m, out=x if inplace else None)
+    lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return np.subtract(shifted, lse, out=shifted)
 
 
-def chosen_probs(scores: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """softmax(scores)[r, tokens[r]] per row, without the full [R, V] softmax (one exp pass)."""
+def chosen_probs(scores: np.ndarray, tokens: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """softmax(scores)[r, tokens[r]] per row, without the full [R, V] softmax (one exp pass).
+    inplace: `scores` is used as the work array (its values are gone afterwards)."""
     m = np.max(scores, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0).astype(scores.dtype)
-    lse = np.log(np.sum(np.exp(scores - m), axis=-1))
     rows = np.arange(len(tokens))
-    return np.exp((scores[rows, tokens] - m[:, 0]) - lse)
+    picked = scores[rows, tokens] - m[:, 0]
+    work = np.subtract(scores, m, out=scores if inplace else None)
+    lse = np.log(np.sum(np.exp(work, out=work), axis=-1))
+    return np.exp(picked - lse)
 
 
 def banned_ngram_tokens(ids: np.ndarray, n: int) -> np.ndarray:
@@ -162,12 +171,13 @@ def banned_ngram_tokens(ids: np.ndarray, n: int) -> np.ndarray:
     return windows[matches, -1]
 
 
-def process_scores(scores: np.ndarray, seqs: np.ndarray, s: GenerationSettings) -> np.ndarray:
+def process_scores(scores: np.ndarray, seqs: np.ndarray, s: GenerationSettings, inplace: bool = False) -> np.ndarray:
     """scores [R, V] (logits for greedy, log-probs for beam search); seqs [R, cur_len] the
-    sequences so far, decoder start token included.  Returns the processed scores."""
+    sequences so far, decoder start token included.  Returns the processed scores (`scores`
+    itself when inplace)."""
     cur_len = seqs.shape[1]
     vocab = scores.shape[1]
-    out = scores.copy()
+    out = scores if inplace else scores.copy()
     if s.no_repeat_ngram_size > 0 and cur_len >= s.no_repeat_ngram_size:
         for r in range(len(seqs)):
             banned = banned_ngram_tokens(seqs[r], s.no_repeat_ngram_size)

@@ -132,6 +132,12 @@ class BufferedRunner:
         self.cross_dtype = np.int8 if "int8" in cross_type else np.float32
         self.cross_mask = any(i.name == "encoder_attention_mask" for i in cross_session.get_inputs())
         self.embed_dtype = np.float32
+        logits = next(o for o in step_session.get_outputs() if o.name == "logits")
+        # step logits land in a buffer the cache keeps (BufferCache.logits_rows): no [R, V] array is
+        # allocated per step (with a fixed mmap threshold, models/memory.py, each one was a fresh
+        # mapping whose pages faulted in again)
+        self.vocab = logits.shape[2] if isinstance(logits.shape[2], int) else None
+        self.logits_dtype = np.float16 if "float16" in logits.type else np.float32
 
     embed_ids = DecoderRunner.embed_ids
 
@@ -171,7 +177,11 @@ class BufferedRunner:
         """Runner.step: the new keys/values are written in place into the cache's buffers."""
         rows = len(tokens)
         io = self.dec.io_binding()
-        io.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in binding order
+        logits = cache.logits_rows(rows, self.vocab, self.logits_dtype) if self.vocab else None
+        if logits is None:
+            io.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in binding order
+        else:
+            io.bind_output("logits", "cpu", 0, logits.dtype, logits.shape, logits.ctypes.data)
         io.bind_cpu_input("inputs_embeds", self.embed_ids(tokens[:, None]))
         io.bind_cpu_input("encoder_attention_mask", cache.mask)
         io.bind_cpu_input("seqlens_k", np.full(rows, cache.length, np.int32))
@@ -188,7 +198,7 @@ class BufferedRunner:
             io.bind_cpu_input(name, value)
         self.dec.run_with_iobinding(io)
         cache.length += 1
-        return _last(io.get_outputs()[0].numpy())
+        return _last(io.get_outputs()[0].numpy() if logits is None else logits)
 
 
 class BufferCache:
@@ -198,6 +208,7 @@ class BufferCache:
 
     def __init__(self, mask: np.ndarray, bufs: list, cross: list, length: int, scales: dict | None = None):
         self.mask, self.length, self.scales = mask, length, scales or {}
+        self._logits: np.ndarray | None = None
         self._set_bufs(bufs)
         self._set_cross(cross)
 
@@ -210,6 +221,13 @@ class BufferCache:
             self.mask = self.mask[cross_idx]
             self.scales = {name: s[cross_idx] for name, s in self.scales.items()}
             self._set_cross([_rows(c, cross_idx) for c in self.cross])
+
+    def logits_rows(self, rows: int, vocab: int, dtype) -> np.ndarray:
+        """[rows, 1, vocab] for decoder_step's logits: the first rows of one buffer kept across
+        steps (grown when beams start), so that the Runner.step result is a view of it."""
+        if self._logits is None or len(self._logits) < rows or self._logits.shape[2] != vocab:
+            self._logits = np.empty((rows, 1, vocab), dtype)
+        return self._logits[:rows]
 
     def _set_bufs(self, bufs: list) -> None:
         import onnxruntime as ort
