@@ -31,7 +31,7 @@ class ModelOptions:
     decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
     kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
     load_per_stage: bool = False  # hold one stage's graphs at a time (less memory, a reload per frame)
-    mmap_threshold_kb: int = 0  # glibc's mmap threshold, fixed (models/engine.py); 0: glibc's dynamic one
+    mmap_threshold_kb: int = 128  # glibc's mmap threshold, fixed (models/engine.py); 0: glibc's dynamic one
     telemetry: bool = False  # allow onnxruntime's own telemetry (device id + events file under $HOME/.cache)
 
     def __post_init__(self):

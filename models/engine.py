@@ -93,11 +93,13 @@ class EngineOptions:
     # come from the heap and stay resident.  Base int8, `load_per_stage`, 16 new tokens
     # (benchmarks/stage_peaks.py, MiB): vision stages 616/616 -> 500/541, decode calls 509-612 ->
     # 456-570 at 128 KiB (glibc's own starting value); 1024 KiB 533/581; 4096 KiB 574/618.
-    # Not the default: every decode step's [rows, vocab] temporaries are then mapped and unmapped,
-    # and the dense-1080p frame's decode took 28.1-28.3 instead of 25.3-25.7 ms per step
-    # (benchmarks/frame-results.md, session 9).  config/examples/pi-2gb.toml sets 128.
-    # No-op off glibc.
-    mmap_threshold_kb: int = 0
+    # The default since session 10: until then every decode step allocated a few [rows, vocab]
+    # arrays, each a fresh mapping above the threshold whose pages faulted in again (decode 28.1-28.3
+    # against 25.3-25.7 ms per step on the dense-1080p frame, session 9); the steps now reuse one
+    # buffer (models/runners.py BufferCache.logits_rows), and the dense frame's int8 decode took
+    # 18.2-18.4 against 18.0-18.1 ms per step, peak 745 against 798-801 MB
+    # (benchmarks/frame-results.md, session 10).  No-op off glibc.
+    mmap_threshold_kb: int = 128
     # Called from inside the engine as progress(stage, done, total): "load" after each ONNX graph
     # is loaded (total 0: not known), "vision" after each vision-encoder chunk, "encoder" after
     # each decode chunk's text-encoder pass, "decode" after each decode chunk (text encoder +
