@@ -21,7 +21,7 @@ generator it was trained on; `--model-objects` per frame, 1920x1080): once over 
 merges.  Recall at IoU 0.5 (class-agnostic, one-to-one) and pycocotools mAP@0.5; the last line
 is then `model_tiled_recall_N: R model_single_pass_recall_N: S`.
 
-    python benchmarks/dense_scenes.py --model edge_agent/demo/shelf-demo --model-only
+    python benchmarks/dense_scenes.py --model edge_agent/demo/shelf-florence2 --model-only
 """
 from __future__ import annotations
 

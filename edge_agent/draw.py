@@ -4,7 +4,7 @@ Images are RGB uint8 (edge_agent/images.py), as everywhere in edge-agent.  Used 
 `edge-agent tiles --draw`, `edge-agent detect --draw` and the agent's snapshots; the last
 two share `picture` (annotate and encode).  Every function returns a new image and leaves
 the input untouched.  A picture of a frame in which nothing was found says so on the image
-(`annotate`), with the model's note (the bundled demo model's "detections are noise") when
+(`annotate`), with the model's note (the bundled demo model's "trained on synthetic shelves") when
 there is one: an unchanged picture teaches nothing.
 """
 from __future__ import annotations

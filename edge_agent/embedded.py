@@ -2,13 +2,18 @@
 
 With no model dir set (`--model`, `[model] dir`) and no camera source set (`--camera`,
 `--source`, `[camera] source`), with or without a config file, `run`, `detect` and `bench`
-use the tiny random-weight Florence-2 (`edge_agent/demo/tiny-florence2`, which the tests
-use as `tests/fixtures/tiny-florence2`) and the sample shelf video
-(`edge_agent/demo/sample/shelf.mp4`), and print JSON lines on stdout when no broker is
-configured.  It shows the whole pipeline working; the tiny model's detections are noise,
-which a warning on stderr and a `note` in the result's model info both say.
+use the bundled demo model (`edge_agent/demo/shelf-florence2`: a small Florence-2 trained here
+on synthetic shelves, see its README.md) and the synthetic sample video
+(`edge_agent/demo/synthetic/shelf.mp4`, drawn by `scripts/make_demo_sample.py` at the scale
+the model was trained on), and print JSON lines on stdout when no broker is configured.  It
+shows the whole pipeline end to end with a model that sees; on real photos the demo model is
+useless, which a warning on stderr and a `note` in the result's model info both say.
 
-Both ship as package data (pyproject.toml), so a checkout, an editable install and an
+The tiny random-weight model (`edge_agent/demo/tiny-florence2`, the tests' parity fixture
+`tests/fixtures/tiny-florence2`) and the first sample video (`edge_agent/demo/sample`, the
+tests' `tests/fixtures/sample`) stay beside them.
+
+All ship as package data (pyproject.toml), so a checkout, an editable install and an
 installed wheel all have them.
 """
 from __future__ import annotations
@@ -18,19 +23,31 @@ from pathlib import Path
 from edge_agent.errors import ConfigError, ModelError
 
 DEMO = Path(__file__).resolve().parent / "demo"
+DEMO_MODEL = DEMO / "shelf-florence2"
 TINY_MODEL = DEMO / "tiny-florence2"
-SAMPLE_VIDEO = DEMO / "sample" / "shelf.mp4"
+SAMPLE_VIDEO = DEMO / "synthetic" / "shelf.mp4"
 
-NOTE = "bundled tiny random-weight demo model: detections are noise"
-WARNING = ("edge-agent: warning: no model configured: using the bundled tiny random-weight demo model "
-           f"({TINY_MODEL}); its detections are NOISE. Pass --model DIR (see `edge-agent models pull`) for real results.")
+NOTE = "bundled demo model trained on synthetic shelves: useless on real photos"
+WARNING = ("edge-agent: warning: no model configured: using the bundled demo model "
+           f"({DEMO_MODEL}), trained on SYNTHETIC shelves; it is useless on real photos. "
+           "Pass --model DIR (see `edge-agent models pull`) for real results.")
+
+
+def _bundled(path: Path, what: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise ModelError(f"no model configured and the bundled {what} {path} is absent (a broken install?); "
+                         "pass --model DIR or set [model] dir")
+    return path
+
+
+def demo_model_dir() -> Path:
+    """The model `run`, `detect` and `bench` use when none is configured."""
+    return _bundled(DEMO_MODEL, "demo model")
 
 
 def tiny_model_dir() -> Path:
-    if not (TINY_MODEL / "config.json").is_file():
-        raise ModelError(f"no model configured and the bundled demo model {TINY_MODEL} is absent (a broken install?); "
-                         "pass --model DIR or set [model] dir")
-    return TINY_MODEL
+    """The tiny random-weight fixture (fast; its output is noise)."""
+    return _bundled(TINY_MODEL, "tiny model")
 
 
 def sample_video() -> Path:
@@ -38,4 +55,3 @@ def sample_video() -> Path:
         raise ConfigError(f"no camera configured and the bundled sample video {SAMPLE_VIDEO} is absent (a broken install?); "
                           "pass --camera N or --source PATH_OR_URL")
     return SAMPLE_VIDEO
-

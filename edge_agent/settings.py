@@ -444,7 +444,7 @@ def _resolve_defaults(s: Settings, env: Mapping[str, str]) -> Settings:
     _check_zones(s, ids)
     if s.model.dir:
         return dataclasses.replace(s, agent=agent, cameras=tuple(cameras))
-    model = dataclasses.replace(s.model, dir=str(embedded.tiny_model_dir()))
+    model = dataclasses.replace(s.model, dir=str(embedded.demo_model_dir()))
     return dataclasses.replace(s, agent=agent, cameras=tuple(cameras), model=model, model_note=embedded.NOTE)
 
 

@@ -63,9 +63,9 @@ def test_a_service_whose_camera_never_opened_exits_1_on_sigterm(tmp_path):
     try:
         deadline = time.monotonic() + 90
         seen = ""
-        while "model tiny-florence2" not in seen and time.monotonic() < deadline:
+        while "model shelf-florence2" not in seen and time.monotonic() < deadline:
             seen += proc.stderr.readline()
-        assert "model tiny-florence2" in seen, seen
+        assert "model shelf-florence2" in seen, seen
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -31,12 +31,12 @@ def config(tmp_path):
 def test_config_show_prints_the_demo_that_run_uses(tmp_path, config):
     shown = edge_agent(tmp_path, "config", "show", "--config", str(config))
     assert shown.returncode == 0, shown.stderr
-    assert f'dir = "{embedded.TINY_MODEL}"' in shown.stdout and f'source = "{embedded.SAMPLE_VIDEO}"' in shown.stdout
+    assert f'dir = "{embedded.DEMO_MODEL}"' in shown.stdout and f'source = "{embedded.SAMPLE_VIDEO}"' in shown.stdout
     run = edge_agent(tmp_path, "run", "--once", "--config", str(config))
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("{")))
-    assert result["camera_id"] == "shelf" and result["model"]["name"] == "tiny-florence2"
-    assert "noise" in result["model"]["note"] and "NOISE" in run.stderr
+    assert result["camera_id"] == "shelf" and result["model"]["name"] == "shelf-florence2"
+    assert "synthetic" in result["model"]["note"] and "SYNTHETIC" in run.stderr
 
 
 def test_detect_and_bench_use_the_same_demo(tmp_path, config):
@@ -48,8 +48,8 @@ def test_detect_and_bench_use_the_same_demo(tmp_path, config):
     detect = edge_agent(tmp_path, "detect", str(image), "--config", str(config), "--json")
     assert detect.returncode == 0, detect.stderr[-3000:]
     out = json.loads(detect.stdout)
-    assert out["model"]["name"] == "tiny-florence2" and "noise" in out["model"]["note"] and "NOISE" in detect.stderr
+    assert out["model"]["name"] == "shelf-florence2" and "synthetic" in out["model"]["note"] and "SYNTHETIC" in detect.stderr
     bench = edge_agent(tmp_path, "bench", "--config", str(config), "--quick", "--tiles", "1", "--tokens", "2", "--json")
     assert bench.returncode == 0, bench.stderr[-3000:]
-    assert json.loads(bench.stdout.strip().splitlines()[-1])["model"]["name"] == "tiny-florence2"
-    assert "NOISE" in bench.stderr
+    assert json.loads(bench.stdout.strip().splitlines()[-1])["model"]["name"] == "shelf-florence2"
+    assert "SYNTHETIC" in bench.stderr

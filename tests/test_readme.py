@@ -48,6 +48,6 @@ def test_first_command_in_a_clean_clone(tmp_path):
     payload = json.loads(lines[0])
     schema = json.loads((ROOT / "edge_agent" / "schema" / "result.schema.json").read_text())
     jsonschema.validate(payload, schema)
-    assert payload["model"]["name"] == "tiny-florence2"
-    assert "noise" in payload["model"]["note"]
-    assert "noise" in proc.stderr.lower()
+    assert payload["model"]["name"] == "shelf-florence2"
+    assert "synthetic" in payload["model"]["note"]
+    assert "synthetic" in proc.stderr.lower()

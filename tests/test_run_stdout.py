@@ -81,14 +81,14 @@ def test_image_directory_max_frames_no_tiling(tmp_path, schema):
 
 
 def test_embedded_default_no_arguments(tmp_path, schema):
-    """No config, no model, no source: the bundled tiny model and sample video, with a warning."""
+    """No config, no model, no source: the bundled demo model and synthetic video, with a warning."""
     p = edge_agent("run", "--once", cwd=tmp_path,
                    env_extra={"XDG_STATE_HOME": str(tmp_path / "xdg"), "EDGE_AGENT_MODEL_MAX_NEW_TOKENS": "32"})
     assert p.returncode == 0, p.stderr[-3000:]
     r = schema.check(json_lines(p.stdout)[0])
     assert r["camera_id"] == "shelf" and r["frame"] == {"width": 1280, "height": 720}
-    assert "noise" in r["model"]["note"]
-    assert "warning" in p.stderr and "NOISE" in p.stderr
+    assert "synthetic" in r["model"]["note"]
+    assert "warning" in p.stderr and "SYNTHETIC" in p.stderr
 
 
 def test_startup_errors_exit_2_with_one_line(tmp_path):

@@ -125,7 +125,7 @@ def test_no_file_show_prints_what_run_uses_the_demo_included(tmp_path):
     env = {"HOME": str(tmp_path)}
     r = invoke("config", "show", env=env)
     assert r.exit_code == 0, r.output
-    assert f'dir = "{embedded.TINY_MODEL}"' in r.output
+    assert f'dir = "{embedded.DEMO_MODEL}"' in r.output
     assert f'source = "{embedded.SAMPLE_VIDEO}"' in r.output and 'id = "shelf"' in r.output
     assert 'broker = ""' in r.output
 
@@ -134,7 +134,7 @@ def test_a_file_without_source_or_model_runs_the_demo(tmp_path):
     """As documented in config/edge-agent.toml: no model dir and no source = the demo."""
     p = write(tmp_path, '[mqtt]\nbroker = "mqtt://b:1883"\n')
     s = resolve(p, {}, env={})
-    assert s.model.dir == str(embedded.TINY_MODEL) and s.model_note == embedded.NOTE
+    assert s.model.dir == str(embedded.DEMO_MODEL) and s.model_note == embedded.NOTE
     assert [c.source for c in s.cameras] == [str(embedded.SAMPLE_VIDEO)]
     s = resolve(p, {"camera": 2}, env={})
     assert [(c.id, c.source) for c in s.cameras] == [("cam2", "2")]

@@ -24,7 +24,8 @@ def test_wheel_in_a_fresh_venv_runs_the_demo(tmp_path):
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     wheel = next(dist.glob("edge_agent-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"edge_agent/demo/sample/shelf.mp4", "edge_agent/demo/tiny-florence2/config.json",
+    assert {"edge_agent/demo/synthetic/shelf.mp4", "edge_agent/demo/shelf-florence2/config.json",
+            "edge_agent/demo/shelf-florence2/onnx/decoder_step_q4.onnx", "edge_agent/demo/tiny-florence2/config.json",
             "edge_agent/demo/tiny-florence2/onnx/vision_encoder.onnx"} <= names
 
     venv = tmp_path / "venv"
@@ -41,6 +42,6 @@ def test_wheel_in_a_fresh_venv_runs_the_demo(tmp_path):
     assert len(lines) == 1, run.stdout[-2000:]
     payload = json.loads(lines[0])
     jsonschema.validate(payload, json.loads((ROOT / "edge_agent" / "schema" / "result.schema.json").read_text()))
-    assert payload["model"]["name"] == "tiny-florence2" and "noise" in payload["model"]["note"]
+    assert payload["model"]["name"] == "shelf-florence2" and "synthetic" in payload["model"]["note"]
     assert payload["camera_id"] == "shelf"
     assert str(venv) in run.stderr and str(ROOT) not in run.stderr  # the installed demo, not the checkout's
