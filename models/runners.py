@@ -225,7 +225,7 @@ class BufferCache:
     def logits_rows(self, rows: int, vocab: int, dtype) -> np.ndarray:
         """[rows, 1, vocab] for decoder_step's logits: the first rows of one buffer kept across
         steps (grown when beams start), so that the Runner.step result is a view of it."""
-        if self._logits is None or len(self._logits) < rows or self._logits.shape[2] != vocab:
+        if self._logits is None or len(self._logits) < rows:
             self._logits = np.empty((rows, 1, vocab), dtype)
         return self._logits[:rows]
 

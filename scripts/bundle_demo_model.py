@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge_agent.models.modeldir import FAST_PARTS, TOKENIZER_FILES, part_file, verify
+from edge_agent.models.modeldir import FAST_PARTS, TOKENIZER_FILES, external_data, part_file, verify
 from edge_agent.models.variants import PARTS
 
 CONFIGS = ("config.json", "generation_config.json", "preprocessor_config.json")
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     total = 0
     for part in PARTS + FAST_PARTS:
         src = part_file(a.model, part, a.variant)
-        for f in (src, src.with_name(src.name + "_data")):
+        for f in (src, external_data(src)):
             if f.is_file():
                 shutil.copy2(f, onnx / f.name)
                 total += f.stat().st_size

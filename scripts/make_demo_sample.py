@@ -21,7 +21,7 @@ import numpy as np
 from edge_agent.models.synth import CATEGORIES, ShelfOptions, coco_annotations, render_shelf
 
 WIDTH, HEIGHT, FRAMES, FPS = 1280, 720, 5, 1.0
-SEED = 11  # a scene with three shelf rows and tags in several formats
+SEED = 11  # a scene with four shelf rows, 50 products and tags in several formats
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "edge_agent" / "demo" / "synthetic"
 
 
@@ -47,11 +47,13 @@ def main(out_dir: str | None = None) -> None:
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {video}")
-    for f in frames(frame.image):
+    for i, f in enumerate(frames(frame.image)):
         writer.write(f)
+        if i == 0:
+            first = f
     writer.release()
     still = out / "shelf.jpg"
-    cv2.imwrite(str(still), next(frames(frame.image, 1)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(still), first, [cv2.IMWRITE_JPEG_QUALITY, 90])
     coco = {"images": [{"id": 1, "file_name": still.name, "width": WIDTH, "height": HEIGHT}],
             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CATEGORIES)],
             "annotations": coco_annotations(frame, 1, 1)}
