@@ -96,7 +96,18 @@ def child_prepare(args) -> dict:
         from edge_agent.models.modeldir import FAST_PARTS
 
         quantize_dir(out, "int8", parts=FAST_PARTS)
+    elif not _rows_int8(out / "onnx" / "decoder_step_int8.onnx"):  # quantized before session 11
+        from edge_agent.models.quantize import quantize_dir
+
+        quantize_dir(out, "int8")
     return {"dir": str(out)}
+
+
+def _rows_int8(path: Path) -> bool:
+    """Whether an int8 decoder has today's per-row int8 matmuls (models/rowquant.py)."""
+    from edge_agent.models.onnxmeta import read_graph_meta
+
+    return "MatMulIntegerToFloat" in read_graph_meta(path).op_types
 
 
 def block_torch() -> None:

@@ -72,9 +72,12 @@ VARIANTS = {
     # issue 17, session 10: int8 with glibc's dynamic mmap threshold ([model] mmap_threshold_kb = 0;
     # the default is 128 KiB since session 10), to time and weigh what the fixed one does
     "int8-glibc": ("_int8", {"mmap_threshold_kb": 0}, 768),
+    # issue 17, session 11: the decoders as int8 had them until session 11, weight-only 8-bit
+    # MatMulNBits (blocks of 32, accuracy_level 4; per-row int8 cross keys/values as now)
+    "int8-nbits": ("_int8", {}, 768),
 }
 # contenders whose files live in a sibling folder of the exported model: name -> folder suffix
-FOLDERS = {"int8-dynamic": "-int8dyn", "int8-optimized": "-oc"}
+FOLDERS = {"int8-dynamic": "-int8dyn", "int8-optimized": "-oc", "int8-nbits": "-nbits8"}
 
 
 def parse_args(argv=None):
@@ -139,10 +142,29 @@ def prepare_contenders(args) -> None:
         for part in quantize.PARTS + quantize.FAST_PARTS:
             quantize._convert_one(quantize._quantize_dynamic, dyn / "onnx" / f"{part}.onnx",
                                   dyn / "onnx" / f"{part}_int8.onnx")
+    nbits = model_dir(args, variant="int8-nbits")
+    if "int8-nbits" in wanted and not (nbits / "onnx" / "decoder_step_int8.onnx").is_file():
+        decoders = ("decoder_model_merged",) + quantize.FAST_PARTS
+        _sibling(base, nbits, lambda n: n in {f"{p}_int8.onnx" for p in decoders} or "_q4" in n)
+        for part in decoders:
+            quantize._convert_one(_nbits8, nbits / "onnx" / f"{part}.onnx", nbits / "onnx" / f"{part}_int8.onnx")
     oc = model_dir(args, variant="int8-optimized")
     if "int8-optimized" in wanted and not (oc / "onnx" / "decoder_step_int8.onnx").is_file():
         _sibling(base, oc, lambda n: n.startswith(("decoder_cross_kv", "decoder_step")) or "_q4" in n)
         optimize_dir(oc)
+
+
+def _nbits8(src: Path, dst: Path) -> None:
+    """The int8 decoders before session 11: int8 cross keys/values, then MatMulNBits bits 8."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from edge_agent.models.quantize import _int8_kv_model
+
+    q = MatMulNBitsQuantizer(_int8_kv_model(onnx.load(str(src)), src.stem), bits=8, block_size=32,
+                             is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul",))
+    q.process()
+    q.model.save_model_to_file(str(dst))
 
 
 def load_frame(work: FrameWorkload) -> np.ndarray:

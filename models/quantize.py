@@ -2,9 +2,9 @@
 fp32 graphs next to them, all four parts, in onnx-community's naming.
 
 - int8: the decoders (decoder_model_merged, also inside its `If` branches, and the fast
-  decoder's graphs) weight-only 8-bit, block-wise (block 32, symmetric) with onnxruntime's
-  `MatMulNBitsQuantizer` (MatMul -> MatMulNBits bits 8), and the fast decoder's int8
-  cross-attention keys/values with a scale per row; vision_encoder and encoder_model:
+  decoder's graphs) with per-row int8 matmuls (models/rowquant.py: int8 weights with a scale per
+  output column, activations quantized with a scale per row, never over the batch), and the fast
+  decoder's int8 cross-attention keys/values with a scale per row; vision_encoder and encoder_model:
   `quantize_dynamic` (MatMulInteger, Conv kept fp32), embed_tokens' Gather: int8 weights.  No
   activation is quantized with one scale over several rows, as the engine calls the vision
   tower and text encoder one tile / one unpadded row at a time on CPU: a (tile, task) sequence
@@ -44,7 +44,9 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf files cannot exceed 2 GB
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
-    """The decoders: weight-only 8-bit (MatMulNBits), no activation quantized over the batch.  The
+    """The decoders: per-row int8 matmuls (models/rowquant.py), no activation quantized over the
+    batch; until session 11 weight-only 8-bit MatMulNBits, whose CPU kernels cost a matrix-vector
+    product per row (decode step of 6 / 12 rows, base: 8.2 -> 6.4 / 18.7 -> 12.5 ms).  The
     vision tower and the text encoder: dynamic int8 (MatMulInteger), 2.2x faster there (they are
     compute-bound; base, one tile / one 590-token row: vision 12-16 vs 23-29 s, encoder 0.9-1.0 vs
     2.1-2.5 s at load 15-17) and batch-invariant as the engine calls them on CPU: one tile, one
@@ -52,7 +54,19 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     if src.stem in ("vision_encoder", "encoder_model", "embed_tokens"):
         _quantize_dynamic(src, dst)
     else:
-        _quantize_nbits(src, dst, bits=8)
+        _quantize_rows(src, dst)
+
+
+def _quantize_rows(src: Path, dst: Path) -> None:
+    """models/rowquant.py on the decoders; the fast decoder's graphs get int8 cross-attention
+    keys/values first (models/export_step.py)."""
+    import onnx
+
+    from edge_agent.models.rowquant import quantize_rows
+
+    model = quantize_rows(_int8_kv_model(onnx.load(str(src)), src.stem))
+    big = _big(src)
+    onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
 
 
 def _quantize_dynamic(src: Path, dst: Path) -> None:
@@ -67,7 +81,7 @@ def _quantize_dynamic(src: Path, dst: Path) -> None:
     # fp32 Conv on x86 (Florence-2-base vision tower: 2.2 s vs 0.22 s per tile), while int8
     # MatMul is 3.4x faster there (benchmarks/frame-results.md).
     ops = [op for op in IntegerOpsRegistry if op not in ("Conv", "Transpose")]
-    start = _int8_kv(src, dst)
+    start = _prepared(src, dst)
     try:
         quantize_dynamic(start, dst, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
                          extra_options={"EnableSubgraph": True, "DefaultTensorType": TensorProto.FLOAT},
@@ -84,8 +98,7 @@ def _quantize_q4(src: Path, dst: Path) -> None:
 def _quantize_nbits(src: Path, dst: Path, bits: int) -> None:
     """Block-wise (block 32, symmetric) weights with onnxruntime's `MatMulNBitsQuantizer`:
     MatMul -> MatMulNBits; accuracy_level=4 lets CPUs with int8 dot products use them, with
-    activations quantized per row and block (never across rows).  bits=8: the fast decoder's
-    graphs get int8 cross-attention keys/values first (models/export_step.py)."""
+    activations quantized per row and block (never across rows)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -93,8 +106,6 @@ def _quantize_nbits(src: Path, dst: Path, bits: int) -> None:
     # such as ReduceMean(axes=...) in the other graphs; the embedding graph is a bare Gather.
     ops = ("MatMul", "Gather") if src.stem == "embed_tokens" and bits == 4 else ("MatMul",)
     model = onnx.load(str(src))
-    if bits == 8:
-        model = _int8_kv_model(model, src.stem)
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=Q4_BLOCK,
                              is_symmetric=True, accuracy_level=4, op_types_to_quantize=ops)
     q.process()
@@ -119,15 +130,43 @@ def _int8_kv_model(model, part: str):
     return model if edit is None else edit(model)
 
 
-def _int8_kv(src: Path, dst: Path) -> Path:
-    """_int8_kv_model written beside dst for quantize_dynamic to start from; other parts: src."""
-    if src.stem not in FAST_PARTS:
-        return src
+def _prepared(src: Path, dst: Path) -> Path:
+    """The graph quantize_dynamic starts from, written beside dst: the fast decoder's int8 keys/values
+    (_int8_kv_model) and weights read through Identity nodes read directly (_direct_weights); src
+    itself where neither changes anything."""
     import onnx
 
-    tmp = dst.with_name(dst.stem + "_kv8.onnx")
-    onnx.save(_int8_kv_model(onnx.load(str(src)), src.stem), str(tmp))
+    model = onnx.load(str(src))
+    edited = _direct_weights(model) + (src.stem in FAST_PARTS)
+    if not edited:
+        return src
+    tmp = dst.with_name(dst.stem + "_prep.onnx")
+    onnx.save(_int8_kv_model(model, src.stem), str(tmp), save_as_external_data=_big(src),
+              location=external_data(tmp).name if _big(src) else None)
     return tmp
+
+
+def _direct_weights(model) -> int:
+    """torch's exporter hands a weight used by several nodes (the vision tower's chunked MLPs and
+    window attention, models/export_wrappers.py) to all but one through an Identity node, and
+    quantize_dynamic leaves a MatMul whose weight is not an initializer in fp32: 24 MatMuls of the
+    base vision tower, the first stage's MLP chunks among them.  Point such consumers at the
+    initializer itself; returns how many Identity nodes went."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)
 
 
 CONVERTERS = {"int8": _quantize_int8, "q4": _quantize_q4, "fp16": _convert_fp16}
