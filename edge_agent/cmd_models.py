@@ -64,14 +64,17 @@ def export(out, src, random_config, seed, tokenizer_dir):
 @models.command("quantize")
 @click.argument("model_dir", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["int8", "q4", "fp16"]), required=True,
-              help="int8: dynamic int8 (_int8); q4: 4-bit MatMulNBits (_q4); fp16: half floats (_fp16).")
+              help="int8: 8-bit weights and activations, int8 attention caches (_int8); q4: 4-bit MatMulNBits (_q4); "
+                   "fp16: half floats (_fp16).")
 def quantize(model_dir, dtype):
     """Write the DTYPE variant of DIR's fp32 graphs next to them."""
     _require("onnx", "export")
     from edge_agent.models.modeldir import graph_bytes
     from edge_agent.models.quantize import quantize_dir
 
-    for path in quantize_dir(model_dir, dtype):
+    from edge_agent.embedded import calibration_tiles
+
+    for path in quantize_dir(model_dir, dtype, calibration=calibration_tiles() if dtype == "int8" else None):
         click.echo(f"wrote {path} ({graph_bytes(path) / 1e6:.1f} MB)")
 
 

@@ -26,6 +26,7 @@ DEMO = Path(__file__).resolve().parent / "demo"
 DEMO_MODEL = DEMO / "shelf-florence2"
 TINY_MODEL = DEMO / "tiny-florence2"
 SAMPLE_VIDEO = DEMO / "synthetic" / "shelf.mp4"
+SAMPLE_FRAME = DEMO / "synthetic" / "shelf.jpg"  # the video's first frame
 
 NOTE = "bundled demo model trained on synthetic shelves: useless on real photos"
 WARNING = ("edge-agent: warning: no model configured: using the bundled demo model "
@@ -55,3 +56,17 @@ def sample_video() -> Path:
         raise ConfigError(f"no camera configured and the bundled sample video {SAMPLE_VIDEO} is absent (a broken install?); "
                           "pass --camera N or --source PATH_OR_URL")
     return SAMPLE_VIDEO
+
+
+def calibration_tiles() -> list | None:
+    """The bundled sample frame as two square tiles (its left and right ends), for `models quantize`'s
+    int8 calibration (models/calibrate.py); None when it cannot be read (calibrate's stand-in)."""
+    try:
+        import numpy as np
+        from PIL import Image
+
+        frame = np.asarray(Image.open(SAMPLE_FRAME).convert("RGB"))
+    except (OSError, ImportError):
+        return None
+    side = min(frame.shape[:2])
+    return [np.ascontiguousarray(frame[:side, :side]), np.ascontiguousarray(frame[:side, -side:])]

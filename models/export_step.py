@@ -315,6 +315,38 @@ def int8_cross_kv_step(model):
     return model
 
 
+def int8_self_kv_step(model, key_scales: list, value_scales: list):
+    """decoder_step with int8 self-attention caches: past/present.{i}.decoder.{key,value} become
+    int8 [B,H,L,Dh], and each layer's self-attention GroupQueryAttention quantizes the new key and
+    value itself (GQA's quantized-cache mode) with fixed per-channel scales, key_scales[i] and
+    value_scales[i] ([H, Dh] each; models/calibrate.py measures them), and reads the cache as
+    int8: a quarter of the bytes per step and of the cache's memory.  The scales are constants, so
+    a row's values never depend on its batch.  In place; returns model."""
+    layers = 0
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if ".decoder." in vi.name and vi.name.startswith(("past_key_values.", "present.")):
+            vi.type.tensor_type.elem_type = INT8
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention" and node.input[3].startswith("past_key_values."):
+            i = int(node.input[3].split(".")[1])
+            names = []
+            for kind, scales in (("key", key_scales), ("value", value_scales)):
+                t = numpy_helper.from_array(np.asarray(scales[i], np.float32)[None, :, None, :],
+                                            f"self.{i}.{kind}_scale")
+                model.graph.initializer.append(t)
+                names.append(t.name)
+            ins = list(node.input) + [""] * (14 - len(node.input))
+            ins[12], ins[13] = names
+            node.input[:] = ins
+            node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                                   helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                                   helper.make_attribute("kv_cache_bit_width", 8)])
+            layers += 1
+    if layers != len(key_scales):
+        raise ValueError(f"decoder_step: {layers} self-attention layers, {len(key_scales)} scales")
+    return model
+
+
 def _insert_sorted(graph, new_nodes) -> None:
     """Add new_nodes to graph and put all nodes in a topological order (ONNX requires one)."""
     nodes = list(graph.node) + list(new_nodes)

@@ -26,6 +26,7 @@ never leaves a half-written graph that `open_model_dir` would pick.  Graphs over
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ Q4_BLOCK = 32
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf files cannot exceed 2 GB
 
 
-def _quantize_int8(src: Path, dst: Path) -> None:
+def _quantize_int8(src: Path, dst: Path, calibration=None) -> None:
     """The decoders: per-row int8 matmuls (models/rowquant.py), no activation quantized over the
     batch; until session 11 weight-only 8-bit MatMulNBits, whose CPU kernels cost a matrix-vector
     product per row (decode step of 6 / 12 rows, base: 8.2 -> 6.4 / 18.7 -> 12.5 ms).  The
@@ -54,17 +55,23 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     if src.stem in ("vision_encoder", "encoder_model", "embed_tokens"):
         _quantize_dynamic(src, dst)
     else:
-        _quantize_rows(src, dst)
+        _quantize_rows(src, dst, calibration)
 
 
-def _quantize_rows(src: Path, dst: Path) -> None:
+def _quantize_rows(src: Path, dst: Path, calibration=None) -> None:
     """models/rowquant.py on the decoders; the fast decoder's graphs get int8 cross-attention
-    keys/values first (models/export_step.py)."""
+    keys/values first, and decoder_step int8 self-attention caches with scales measured on the
+    folder's fp32 graphs (models/export_step.py, models/calibrate.py; `calibration`: the images, or
+    None for calibrate's stand-in).  Without the fp32 graphs to measure on, the self-attention
+    caches stay float32."""
     import onnx
 
     from edge_agent.models.rowquant import quantize_rows
 
-    model = quantize_rows(_int8_kv_model(onnx.load(str(src)), src.stem))
+    model = _int8_kv_model(onnx.load(str(src)), src.stem)
+    if src.stem == "decoder_step":
+        model = _int8_self_kv(model, src, calibration)
+    model = quantize_rows(model)
     big = _big(src)
     onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
 
@@ -119,6 +126,18 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     big = _big(src)
     onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
+
+
+def _int8_self_kv(model, src: Path, calibration):
+    from edge_agent.models.calibrate import self_kv_scales
+    from edge_agent.models.export_step import int8_self_kv_step
+
+    try:
+        keys, values = self_kv_scales(src.parent.parent, calibration)
+    except ModelError as exc:
+        log.warning("%s: self-attention caches stay float32: %s", src.name, exc)
+        return model
+    return int8_self_kv_step(model, keys, values)
 
 
 def _int8_kv_model(model, part: str):
@@ -216,9 +235,11 @@ def _convert_one(convert, src: Path, dst: Path) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def quantize_dir(path, dtype: str, parts=None) -> list[Path]:
+def quantize_dir(path, dtype: str, parts=None, calibration=None) -> list[Path]:
     """Write the `dtype` variant of the fp32 graphs in DIR/onnx; returns the files written.
-    parts=None: the four onnx-community parts, plus the fast decoder's when present."""
+    parts=None: the four onnx-community parts, plus the fast decoder's when present.
+    calibration: images (HxWx3 uint8) for int8's self-attention cache scales (models/calibrate.py);
+    None: calibrate's drawn stand-in."""
     if dtype not in CONVERTERS:
         raise ModelSettingError(f"unknown --dtype {dtype!r}: expected one of {', '.join(CONVERTERS)}")
     onnx_dir = Path(path).expanduser() / "onnx"
@@ -232,6 +253,9 @@ def quantize_dir(path, dtype: str, parts=None) -> list[Path]:
     for part, src in zip(parts, sources):
         dst = onnx_dir / f"{part}{DTYPES[dtype]}.onnx"
         log.info("%s -> %s", src.name, dst.name)
-        _convert_one(CONVERTERS[dtype], src, dst)
+        convert = CONVERTERS[dtype]
+        if dtype == "int8":
+            convert = functools.partial(convert, calibration=calibration)
+        _convert_one(convert, src, dst)
         written.append(dst)
     return written

@@ -127,6 +127,7 @@ class BufferedRunner:
         if not (isinstance(shape[1], int) and isinstance(shape[3], int)):
             raise ValueError("decoder_step: past_key_values must have fixed head count and head size")
         self.heads, self.head_dim = shape[1], shape[3]
+        self.self_dtype = np.int8 if "int8" in past[0].type else np.float32  # int8: export_step.int8_self_kv_step
         self.hidden_dtype = _dtype_of(cross_session, "encoder_hidden_states")
         cross_type = next(i.type for i in step_session.get_inputs() if i.name == "cross.0.key")
         self.cross_dtype = np.int8 if "int8" in cross_type else np.float32
@@ -142,10 +143,11 @@ class BufferedRunner:
     embed_ids = DecoderRunner.embed_ids
 
     def kv_bytes_per_row(self, max_length: int, enc_len: int) -> int:
-        """Worst-case cache bytes of one row: the float32 self-attention buffer at max_length plus the
-        cross-attention keys/values (int8 or float32)."""
+        """Worst-case cache bytes of one row: the self-attention buffer at max_length plus the
+        cross-attention keys/values (each int8 or float32)."""
         per_position = 2 * self.num_layers * self.heads * self.head_dim
-        return per_position * (4 * max_length + np.dtype(self.cross_dtype).itemsize * (enc_len + 1))
+        return per_position * (np.dtype(self.self_dtype).itemsize * max_length
+                               + np.dtype(self.cross_dtype).itemsize * (enc_len + 1))
 
     def first(self, tokens: np.ndarray, enc_hidden: np.ndarray, enc_mask: np.ndarray,
               max_length: int) -> tuple[np.ndarray, "BufferCache"]:
@@ -167,7 +169,7 @@ class BufferedRunner:
             io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
         self.cross.run_with_iobinding(io, self.cross_run_options)
         shape = (rows, h, max(int(max_length), 1), dh)
-        bufs = [lazy_zeros(shape) for _ in range(2 * self.num_layers)]
+        bufs = [lazy_zeros(shape, self.self_dtype) for _ in range(2 * self.num_layers)]
         kv = [cross[f"cross.{i}.{p}"] for i in range(self.num_layers) for p in ("key", "value")]
         scales = {n: a for n, a in cross.items() if n.endswith("_scale")}
         cache = BufferCache(enc_mask, bufs, kv, 0, scales)

@@ -69,7 +69,8 @@ def part_specs(part: str, e: Expect, layers: int, int8_kv: bool = False) -> tupl
 
 def _fast_specs(part: str, e: Expect, layers: int, hidden: Spec, head_dim: int | None, int8: bool):
     """edge-agent's fast decoder (models/export_step.py): cross keys/values [B,H,S+1,Dh], float32, or
-    int8 with per-row scales [B,H,1,Dh] computed over the attended positions (encoder_attention_mask)."""
+    int8 with per-row scales [B,H,1,Dh] computed over the attended positions (encoder_attention_mask);
+    self-attention buffers [B,H,L,Dh]."""
     kv = Spec((INT8,) if int8 else (FLOAT,), 4, ((1, e.heads), (3, head_dim)))
     cross = {}
     for i in range(layers):
@@ -80,7 +81,9 @@ def _fast_specs(part: str, e: Expect, layers: int, hidden: Spec, head_dim: int |
     if part == "decoder_cross_kv":
         mask = {"encoder_attention_mask": Spec((INT64,), 2)} if int8 else {}
         return {"encoder_hidden_states": hidden, **mask}, cross
-    buf = Spec((FLOAT,), 4, ((1, e.heads), (3, head_dim)))
+    # the self-attention buffers: float32, or in the int8 variant int8 with fixed scales inside the
+    # graph (export_step.int8_self_kv_step; float32 where quantize had no fp32 graphs to calibrate on)
+    buf = Spec((FLOAT, INT8) if int8 else (FLOAT,), 4, ((1, e.heads), (3, head_dim)))
     inputs = {"inputs_embeds": hidden, "encoder_attention_mask": Spec((INT64,), 2),
               "seqlens_k": Spec((INT32,), 1), "total_sequence_length": Spec((INT32,), 0), **cross}
     outputs = {"logits": Spec((FLOAT,), 3)}

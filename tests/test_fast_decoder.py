@@ -137,6 +137,7 @@ def test_quantize_writes_the_fast_decoder_and_int8_decodes(tiny_copy):
     assert {"decoder_cross_kv_int8.onnx", "decoder_step_int8.onnx"} <= written
     eng = Florence2Engine(EngineOptions(model_dir=tiny_copy, variant="int8", num_beams=1, max_new_tokens=6))
     assert isinstance(eng.runner, BufferedRunner)
+    assert eng.runner.self_dtype == np.int8 and eng.runner.cross_dtype == np.int8  # calibrated on the fp32 graphs
     out = eng.run([np.full((200, 300, 3), 90, np.uint8)], ("od",))[0]["od"]
     assert out.token_ids[0] == 2 and 2 <= len(out.token_ids) <= 7
 
@@ -168,6 +169,42 @@ def test_int8_cross_kv_stays_close_to_float(tmp_path):
         assert rel < 0.02, rel
         tokens = np.argmax(lf, axis=1)
         lf, lq = eng.runner.step(tokens, cf), q8.step(tokens, cq)
+
+
+def test_int8_self_kv_with_calibrated_scales_stays_close_to_float(tmp_path):
+    """int8 self-attention caches (export_step.int8_self_kv_step) with the scales models/calibrate.py
+    measures on the fp32 graphs, applied here to the fp32 step alone so that only the self-attention
+    storage differs: int8 buffers, values inside the calibrated range, logits close to float's."""
+    import onnx
+    import onnxruntime as ort
+
+    from edge_agent.models.calibrate import MARGIN, self_kv_scales
+    from edge_agent.models.export_step import int8_self_kv_step
+
+    keys, values = self_kv_scales(TINY, tokens=16)
+    heads, dh = 3, 8
+    assert len(keys) == len(values) == 2 and keys[0].shape == (heads, dh) and (keys[0] > 0).all()
+    onnx.save(int8_self_kv_step(onnx.load(str(TINY / "onnx" / "decoder_step.onnx")), keys, values),
+              str(tmp_path / "step.onnx"))
+    eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
+    step = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    q8 = BufferedRunner(eng.embed, eng.runner.cross, step)
+    assert q8.self_dtype == np.int8 and eng.runner.self_dtype == np.float32
+    assert q8.kv_bytes_per_row(100, 10) < eng.runner.kv_bytes_per_row(100, 10)
+    hidden, mask = _encoded(eng, 3)
+    start = np.full(3, 2, np.int64)
+    lf, cf = eng.runner.first(start, hidden, mask, max_length=8)
+    lq, cq = q8.first(start, hidden, mask, max_length=8)
+    tokens = np.array([0, 0, 0])
+    for _ in range(6):
+        rel = np.linalg.norm(lq - lf) / np.linalg.norm(lf)
+        assert rel < 0.02, rel
+        tokens = np.argmax(lf, axis=1)
+        lf, lq = eng.runner.step(tokens, cf), q8.step(tokens, cq)
+    written = cq.bufs[0][:, :, :cq.length]
+    assert written.dtype == np.int8 and np.abs(written).max() > 0
+    # the images differ from calibration's, yet no value reaches the clipping limit
+    assert np.abs(written).max() < 127 and np.abs(written).max() >= 127 / MARGIN / 4
 
 
 def test_kv_cache_budget_chunks_the_decode_without_changing_ids():
