@@ -157,18 +157,24 @@ def test_int8_cross_kv_stays_close_to_float(tmp_path):
     sess = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]) for f in ("cross.onnx", "step.onnx")]
     q8 = BufferedRunner(eng.embed, *sess)
     assert q8.cross_dtype == np.int8
-    hidden, mask = _encoded(eng, 3)
-    start = np.full(3, 2, np.int64)
-    lf, cf = eng.runner.first(start, hidden, mask, max_length=8)
-    lq, cq = q8.first(start, hidden, mask, max_length=8)
+    cf, cq = _steps_stay_close(eng, q8, 5)
     assert cq.cross[0].dtype == np.int8 and cq.cross[0].shape == cf.cross[0].shape
     assert np.abs(cq.cross[0]).max() == 127  # the scale maps the largest value to 127
-    tokens = np.array([0, 0, 0])
-    for _ in range(5):
+
+
+def _steps_stay_close(eng, q8, steps: int, rows: int = 3):
+    """The engine's float runner and q8 from the same encoder states, fed float's greedy tokens:
+    every step's logits within 2% (relative L2).  Returns both caches."""
+    hidden, mask = _encoded(eng, rows)
+    start = np.full(rows, 2, np.int64)
+    lf, cf = eng.runner.first(start, hidden, mask, max_length=8)
+    lq, cq = q8.first(start, hidden, mask, max_length=8)
+    for _ in range(steps):
         rel = np.linalg.norm(lq - lf) / np.linalg.norm(lf)
         assert rel < 0.02, rel
         tokens = np.argmax(lf, axis=1)
         lf, lq = eng.runner.step(tokens, cf), q8.step(tokens, cq)
+    return cf, cq
 
 
 def test_int8_self_kv_with_calibrated_scales_stays_close_to_float(tmp_path):
@@ -191,16 +197,7 @@ def test_int8_self_kv_with_calibrated_scales_stays_close_to_float(tmp_path):
     q8 = BufferedRunner(eng.embed, eng.runner.cross, step)
     assert q8.self_dtype == np.int8 and eng.runner.self_dtype == np.float32
     assert q8.kv_bytes_per_row(100, 10) < eng.runner.kv_bytes_per_row(100, 10)
-    hidden, mask = _encoded(eng, 3)
-    start = np.full(3, 2, np.int64)
-    lf, cf = eng.runner.first(start, hidden, mask, max_length=8)
-    lq, cq = q8.first(start, hidden, mask, max_length=8)
-    tokens = np.array([0, 0, 0])
-    for _ in range(6):
-        rel = np.linalg.norm(lq - lf) / np.linalg.norm(lf)
-        assert rel < 0.02, rel
-        tokens = np.argmax(lf, axis=1)
-        lf, lq = eng.runner.step(tokens, cf), q8.step(tokens, cq)
+    _, cq = _steps_stay_close(eng, q8, 6)
     written = cq.bufs[0][:, :, :cq.length]
     assert written.dtype == np.int8 and np.abs(written).max() > 0
     # the images differ from calibration's, yet no value reaches the clipping limit
