@@ -44,7 +44,7 @@ Q4_BLOCK = 32
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf files cannot exceed 2 GB
 
 
-def _quantize_int8(src: Path, dst: Path, calibration=None) -> None:
+def _quantize_int8(src: Path, dst: Path, self_kv=None) -> None:
     """The decoders: per-row int8 matmuls (models/rowquant.py), no activation quantized over the
     batch; until session 11 weight-only 8-bit MatMulNBits, whose CPU kernels cost a matrix-vector
     product per row (decode step of 6 / 12 rows, base: 8.2 -> 6.4 / 18.7 -> 12.5 ms).  The
@@ -55,22 +55,22 @@ def _quantize_int8(src: Path, dst: Path, calibration=None) -> None:
     if src.stem in ("vision_encoder", "encoder_model", "embed_tokens"):
         _quantize_dynamic(src, dst)
     else:
-        _quantize_rows(src, dst, calibration)
+        _quantize_rows(src, dst, self_kv)
 
 
-def _quantize_rows(src: Path, dst: Path, calibration=None) -> None:
+def _quantize_rows(src: Path, dst: Path, self_kv=None) -> None:
     """models/rowquant.py on the decoders; the fast decoder's graphs get int8 cross-attention
-    keys/values first, and decoder_step int8 self-attention caches with scales measured on the
-    folder's fp32 graphs (models/export_step.py, models/calibrate.py; `calibration`: the images, or
-    None for calibrate's stand-in).  Without the fp32 graphs to measure on, the self-attention
-    caches stay float32."""
+    keys/values first, and decoder_step int8 self-attention caches when self_kv holds their scales
+    (models/export_step.py; _self_kv_scales)."""
     import onnx
 
     from edge_agent.models.rowquant import quantize_rows
 
     model = _int8_kv_model(onnx.load(str(src)), src.stem)
-    if src.stem == "decoder_step":
-        model = _int8_self_kv(model, src, calibration)
+    if src.stem == "decoder_step" and self_kv is not None:
+        from edge_agent.models.export_step import int8_self_kv_step
+
+        model = int8_self_kv_step(model, *self_kv)
     model = quantize_rows(model)
     big = _big(src)
     onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
@@ -128,16 +128,17 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst), save_as_external_data=big, location=external_data(dst).name if big else None)
 
 
-def _int8_self_kv(model, src: Path, calibration):
+def _self_kv_scales(model_dir: Path, calibration):
+    """(key scales, value scales) for int8's self-attention caches, measured on the folder's fp32
+    graphs (models/calibrate.py; `calibration`: images, or None for calibrate's stand-in); None,
+    with a warning, where they cannot be measured: the caches then stay float32."""
     from edge_agent.models.calibrate import self_kv_scales
-    from edge_agent.models.export_step import int8_self_kv_step
 
     try:
-        keys, values = self_kv_scales(src.parent.parent, calibration)
+        return self_kv_scales(model_dir, calibration)
     except ModelError as exc:
-        log.warning("%s: self-attention caches stay float32: %s", src.name, exc)
-        return model
-    return int8_self_kv_step(model, keys, values)
+        log.warning("decoder_step_int8: self-attention caches stay float32: %s", exc)
+        return None
 
 
 def _int8_kv_model(model, part: str):
@@ -254,8 +255,8 @@ def quantize_dir(path, dtype: str, parts=None, calibration=None) -> list[Path]:
         dst = onnx_dir / f"{part}{DTYPES[dtype]}.onnx"
         log.info("%s -> %s", src.name, dst.name)
         convert = CONVERTERS[dtype]
-        if dtype == "int8":
-            convert = functools.partial(convert, calibration=calibration)
+        if dtype == "int8" and part == "decoder_step":  # measured outside _quiet, which mutes warnings
+            convert = functools.partial(convert, self_kv=_self_kv_scales(onnx_dir.parent, calibration))
         _convert_one(convert, src, dst)
         written.append(dst)
     return written

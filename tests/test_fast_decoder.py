@@ -142,6 +142,25 @@ def test_quantize_writes_the_fast_decoder_and_int8_decodes(tiny_copy):
     assert out.token_ids[0] == 2 and 2 <= len(out.token_ids) <= 7
 
 
+def test_int8_without_fp32_graphs_to_calibrate_on_keeps_float_self_caches(tiny_copy, caplog):
+    """A folder without the fp32 vision tower (an onnx-community download that `models optimize`
+    gave fp32 decoder graphs): int8's self-attention scales cannot be measured, so decoder_step_int8
+    keeps float self-attention caches, says why, and still decodes."""
+    import logging
+
+    from edge_agent.models.quantize import quantize_dir
+
+    (tiny_copy / "onnx" / "vision_encoder.onnx").unlink()
+    with caplog.at_level(logging.WARNING, logger="edge_agent.models.quantize"):
+        quantize_dir(tiny_copy, "int8", parts=("decoder_step",))
+    assert any("self-attention caches stay float32" in r.getMessage() and "vision_encoder.onnx" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    eng = Florence2Engine(EngineOptions(model_dir=tiny_copy, variant="int8", num_beams=1, max_new_tokens=4))
+    assert eng.runner.self_dtype == np.float32 and eng.runner.cross_dtype == np.int8
+    out = eng.run([np.full((200, 300, 3), 90, np.uint8)], ("od",))[0]["od"]
+    assert out.token_ids[0] == 2
+
+
 def test_int8_cross_kv_stays_close_to_float(tmp_path):
     """The int8 variant's cross-attention keys/values (per-channel int8, models/export_step.py), applied
     here to the fp32 graphs alone so that only the KV storage differs."""
