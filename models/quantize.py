@@ -47,7 +47,8 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf files cannot exceed 2 GB
 def _quantize_int8(src: Path, dst: Path, self_kv=None) -> None:
     """The decoders: per-row int8 matmuls (models/rowquant.py), no activation quantized over the
     batch; until session 11 weight-only 8-bit MatMulNBits, whose CPU kernels cost a matrix-vector
-    product per row (decode step of 6 / 12 rows, base: 8.2 -> 6.4 / 18.7 -> 12.5 ms).  The
+    product per row (base decode step of 6 / 12 rows: 7.8-8.7 -> 5.7-7.1 / 18.7-18.8 -> 11.9-13.0 ms
+    with float self-attention caches; benchmarks/frame-results.md, session 11).  The
     vision tower and the text encoder: dynamic int8 (MatMulInteger), 2.2x faster there (they are
     compute-bound; base, one tile / one 590-token row: vision 12-16 vs 23-29 s, encoder 0.9-1.0 vs
     2.1-2.5 s at load 15-17) and batch-invariant as the engine calls them on CPU: one tile, one
@@ -96,6 +97,7 @@ def _quantize_dynamic(src: Path, dst: Path) -> None:
     finally:
         if start != src:
             start.unlink(missing_ok=True)
+            external_data(start).unlink(missing_ok=True)  # a big graph's weights beside it
 
 
 def _quantize_q4(src: Path, dst: Path) -> None:

@@ -15,13 +15,13 @@ over the whole batch tensor) does not give.
 Why not `MatMulNBits` (weight-only 8-bit, blocks of 32), which edge-agent used before: its CPU
 kernels run each row of x as its own matrix-vector product, so a decode step's cost grows with the
 rows.  Base, one MatMul 768 x 51290 (lm_head) on an Intel Xeon with AMX/AVX-512 VNNI, onnxruntime
-1.32.0: MatMulNBits 1.61 / 2.92 ms at 6 / 12 rows, MatMulInteger 0.66 / 0.72 ms.  In the
-dense-1080p frame the decode went 7.74 -> 5.03 s (benchmarks/frame-results.md, session 11).
+1.32.0: MatMulNBits 1.61 / 2.93 ms at 6 / 12 rows, this form 0.80 / 0.85 ms.  In the
+dense-1080p frame the decode went 7.5-8.2 -> 5.0-5.8 s (benchmarks/frame-results.md, session 11).
 
 x86 CPUs without VNNI (AVX2 only) multiply uint8 by int8 with VPMADDUBSW, which adds each pair
 of products into a saturating int16: a pair of large same-sign weights times activations near 255
 can clip there, as in onnxruntime's own `quantize_dynamic` (its `reduce_range` option: 7-bit
-weights).  VNNI, AMX and ARM (a Pi's NEON, a Pi 5's or a Jetson's dot products) do not saturate.
+weights).  VNNI and AMX accumulate in int32 and do not saturate; ARM's kernels were not examined.
 7-bit weights were measured: the base decode step's logits against fp32, relative L2 error 2.9%
 against 2.0% with 8 bits (MatMulNBits' blocks of 32: 1.2%).  Pulling the offending pairs in
 instead changed 0.9% of the weights by up to half and gave 9.3%.  So the weights keep 8 bits.
