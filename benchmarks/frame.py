@@ -33,6 +33,7 @@ images with models/evaluate.py: mAP@0.5, mAP@0.5:0.95, OCR lines, and the loss a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -147,24 +148,12 @@ def prepare_contenders(args) -> None:
         decoders = ("decoder_model_merged",) + quantize.FAST_PARTS
         _sibling(base, nbits, lambda n: n in {f"{p}_int8.onnx" for p in decoders} or "_q4" in n)
         for part in decoders:
-            quantize._convert_one(_nbits8, nbits / "onnx" / f"{part}.onnx", nbits / "onnx" / f"{part}_int8.onnx")
+            quantize._convert_one(functools.partial(quantize._quantize_nbits, bits=8),
+                                  nbits / "onnx" / f"{part}.onnx", nbits / "onnx" / f"{part}_int8.onnx")
     oc = model_dir(args, variant="int8-optimized")
     if "int8-optimized" in wanted and not (oc / "onnx" / "decoder_step_int8.onnx").is_file():
         _sibling(base, oc, lambda n: n.startswith(("decoder_cross_kv", "decoder_step")) or "_q4" in n)
         optimize_dir(oc)
-
-
-def _nbits8(src: Path, dst: Path) -> None:
-    """The int8 decoders before session 11: int8 cross keys/values, then MatMulNBits bits 8."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    from edge_agent.models.quantize import _int8_kv_model
-
-    q = MatMulNBitsQuantizer(_int8_kv_model(onnx.load(str(src)), src.stem), bits=8, block_size=32,
-                             is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul",))
-    q.process()
-    q.model.save_model_to_file(str(dst))
 
 
 def load_frame(work: FrameWorkload) -> np.ndarray:

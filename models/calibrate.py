@@ -63,10 +63,9 @@ def self_kv_scales(model_dir, images: list[np.ndarray] | None = None, tokens: in
     if not isinstance(runner, BufferedRunner) or runner.self_dtype != np.float32:
         raise ModelDirError(f"{model_dir}: calibration needs the fp32 fast decoder (decoder_step.onnx)")
     images = stand_in_images() if images is None else images
-    outs = eng.run(list(images), TASKS)
     feats = eng.image_features(list(images))
-    hidden, mask = eng.encode(feats, TASKS)
-    seqs = [out[t].token_ids for out in outs for t in TASKS]  # the order of encode's rows
+    seqs = [g.ids for g in eng.decode(feats, TASKS, [eng.settings] * (len(feats) * len(TASKS)))]
+    hidden, mask = eng.encode(feats, TASKS)  # the same (tile, task) rows, in the same order
     layers = runner.num_layers
     peaks = np.zeros((2 * layers, runner.heads, runner.head_dim), np.float32)
     for r, ids in enumerate(seqs):

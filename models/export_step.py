@@ -300,16 +300,12 @@ def int8_cross_kv_step(model):
         if node.op_type == "GroupQueryAttention" and node.input[3].startswith("cross."):
             key, value = node.input[3], node.input[4]
             q = g.op("Mul", [node.input[0], per_row(key + "_scale")], "cross_q_scaled")
-            ins = list(node.input) + [""] * (14 - len(node.input))
-            ins[0], ins[12], ins[13] = q, ones, ones
-            node.input[:] = ins
+            node.input[0] = q
+            _int8_cache(node, ones, ones)
             out = node.output[0]
             raw = out + "_unscaled"
             node.output[0] = raw
             g.nodes.append(helper.make_node("Mul", [raw, per_row(value + "_scale")], [out], name=g.name("n_Mul")))
-            node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
-                                   helper.make_attribute("v_quant_type", "PER_CHANNEL"),
-                                   helper.make_attribute("kv_cache_bit_width", 8)])
     model.graph.initializer.extend(g.inits)
     _insert_sorted(model.graph, g.nodes)
     return model
@@ -335,16 +331,22 @@ def int8_self_kv_step(model, key_scales: list, value_scales: list):
                                             f"self.{i}.{kind}_scale")
                 model.graph.initializer.append(t)
                 names.append(t.name)
-            ins = list(node.input) + [""] * (14 - len(node.input))
-            ins[12], ins[13] = names
-            node.input[:] = ins
-            node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
-                                   helper.make_attribute("v_quant_type", "PER_CHANNEL"),
-                                   helper.make_attribute("kv_cache_bit_width", 8)])
+            _int8_cache(node, *names)
             layers += 1
     if layers != len(key_scales):
         raise ValueError(f"decoder_step: {layers} self-attention layers, {len(key_scales)} scales")
     return model
+
+
+def _int8_cache(node, key_scale: str, value_scale: str) -> None:
+    """Put a GroupQueryAttention node in its quantized-cache mode: int8 past/present keys and
+    values with per-channel scales (inputs 12 and 13)."""
+    ins = list(node.input) + [""] * (14 - len(node.input))
+    ins[12], ins[13] = key_scale, value_scale
+    node.input[:] = ins
+    node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                           helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                           helper.make_attribute("kv_cache_bit_width", 8)])
 
 
 def _insert_sorted(graph, new_nodes) -> None:

@@ -166,20 +166,25 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:  # [B, H, W, C] -> [B, N, C], a vi
     return x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
 
 
+def _block_nhwc(block, x: torch.Tensor, attend) -> torch.Tensor:
+    """A DaViT spatial or channel block on [B, H, W, C]: convolution, attention (`attend`: norm and
+    attention of x, giving [B, N, C]), convolution, MLP, each with its residual."""
+    x = _conv_nhwc(block.conv1, x)
+    x = x + block.drop_path1(attend(x)).reshape(x.shape)
+    x = _conv_nhwc(block.conv2, x)
+    return x + block.drop_path2(block.ffn(block.norm2(_tokens(x)))).reshape(x.shape)
+
+
 def spatial_block_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """`Florence2VisionSpatialBlock.forward` on [B, H, W, C] (see vision_block_forward)."""
-    x = _conv_nhwc(self.conv1, x)
-    x = x + self.drop_path1(self.window_attn(self.norm1(x))).reshape(x.shape)
-    x = _conv_nhwc(self.conv2, x)
-    return x + self.drop_path2(self.ffn(self.norm2(_tokens(x)))).reshape(x.shape)
+    """`Florence2VisionSpatialBlock.forward` on [B, H, W, C] (see vision_block_forward); its window
+    attention takes the [B, H, W, C] grid."""
+    return _block_nhwc(self, x, lambda h: self.window_attn(self.norm1(h)))
 
 
 def channel_block_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """`Florence2VisionChannelBlock.forward` on [B, H, W, C] (see vision_block_forward)."""
-    x = _conv_nhwc(self.conv1, x)
-    x = x + self.drop_path1(self.channel_attn(self.norm1(_tokens(x)))).reshape(x.shape)
-    x = _conv_nhwc(self.conv2, x)
-    return x + self.drop_path2(self.ffn(self.norm2(_tokens(x)))).reshape(x.shape)
+    """`Florence2VisionChannelBlock.forward` on [B, H, W, C] (see vision_block_forward); its channel
+    attention takes tokens."""
+    return _block_nhwc(self, x, lambda h: self.channel_attn(self.norm1(_tokens(h))))
 
 
 class VisionWrapper(nn.Module):

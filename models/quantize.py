@@ -107,7 +107,9 @@ def _quantize_q4(src: Path, dst: Path) -> None:
 def _quantize_nbits(src: Path, dst: Path, bits: int) -> None:
     """Block-wise (block 32, symmetric) weights with onnxruntime's `MatMulNBitsQuantizer`:
     MatMul -> MatMulNBits; accuracy_level=4 lets CPUs with int8 dot products use them, with
-    activations quantized per row and block (never across rows)."""
+    activations quantized per row and block (never across rows).  bits=8: the int8 decoders until
+    session 11 (benchmarks/frame.py's contender int8-nbits), with the fast decoder's int8
+    cross-attention keys/values first (models/export_step.py)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -115,6 +117,8 @@ def _quantize_nbits(src: Path, dst: Path, bits: int) -> None:
     # such as ReduceMean(axes=...) in the other graphs; the embedding graph is a bare Gather.
     ops = ("MatMul", "Gather") if src.stem == "embed_tokens" and bits == 4 else ("MatMul",)
     model = onnx.load(str(src))
+    if bits == 8:
+        model = _int8_kv_model(model, src.stem)
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=Q4_BLOCK,
                              is_symmetric=True, accuracy_level=4, op_types_to_quantize=ops)
     q.process()

@@ -53,6 +53,7 @@ class _Rewriter:
         self.inv127 = self._const(np.array(1 / 127, np.float32), "rowq_inv127")
         self.zp = self._const(np.array(ZERO_POINT, np.uint8), "rowq_zp")
         self.one = self._const(np.array(1.0, np.float32), "rowq_one")
+        self.last_axis = self._const(np.array([-1], np.int64), "rowq_last_axis")  # ReduceMax's axes (opset 18+)
 
     def _name(self, base: str) -> str:
         self.count += 1
@@ -73,8 +74,6 @@ class _Rewriter:
 
     def _reduce_max(self, x: str, out: str):
         if self.opset >= 18:  # axes became an input
-            if not hasattr(self, "last_axis"):
-                self.last_axis = self._const(np.array([-1], np.int64), "rowq_last_axis")
             return helper.make_node("ReduceMax", [x, self.last_axis], [out], keepdims=1)
         return helper.make_node("ReduceMax", [x], [out], axes=[-1], keepdims=1)
 
