@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from edge_agent.models.generation import GenerationSettings, chosen_probs, log_softmax, process_scores
+from edge_agent.models.generation import GenerationSettings, NgramIndex, chosen_probs, log_softmax, process_scores
 
 NEG = np.float32(-1.0e9)
 
@@ -94,13 +94,16 @@ def _groups(rows: Sequence[GenerationSettings]) -> list[np.ndarray]:
     return [np.asarray(v) for v in keys.values()]
 
 
-def _process_rows(logits: np.ndarray, seqs: np.ndarray, rows: list[GenerationSettings]) -> np.ndarray:
-    """process_scores per group of rows with the same settings, in place in `logits`."""
+def _process_rows(logits: np.ndarray, seqs: np.ndarray, rows: list[GenerationSettings],
+                  ngrams: dict[int, NgramIndex]) -> np.ndarray:
+    """process_scores per group of rows with the same settings, in place in `logits`; ngrams: an
+    index of every row's n-grams per no_repeat_ngram_size in use."""
     groups = _groups(rows)
     if len(groups) == 1:
-        return process_scores(logits, seqs, rows[0], inplace=True)
+        return process_scores(logits, seqs, rows[0], inplace=True, ngrams=ngrams.get(rows[0].no_repeat_ngram_size))
     for g in groups:
-        logits[g] = process_scores(logits[g], seqs[g], rows[g[0]], inplace=True)
+        s = rows[g[0]]
+        logits[g] = process_scores(logits[g], seqs[g], s, inplace=True, ngrams=ngrams.get(s.no_repeat_ngram_size), rows=g)
     return logits
 
 
@@ -111,13 +114,16 @@ def _greedy(runner: Runner, enc_hidden, enc_mask, rows: list[GenerationSettings]
     results: list[Generated | None] = [None] * n
     active = np.arange(n)  # original index of each batch row
     max_len = np.asarray([r.max_length for r in rows])
+    ngrams = {r.no_repeat_ngram_size: NgramIndex(seqs, r.no_repeat_ngram_size) for r in rows if r.no_repeat_ngram_size > 0}
     logits, cache = runner.first(seqs[:, 0], enc_hidden, enc_mask, int(max_len.max()))
     while True:
         act_rows = [rows[i] for i in active]
-        scores = _process_rows(logits, seqs, act_rows)
+        scores = _process_rows(logits, seqs, act_rows, ngrams)
         tokens = np.argmax(scores, axis=1)
         p = chosen_probs(scores, tokens, inplace=True)  # scores are not read again
         seqs = np.concatenate([seqs, tokens[:, None]], axis=1)
+        for index in ngrams.values():
+            index.add(seqs)
         for r, i in enumerate(active):
             probs[i].append(float(p[r]))
         eos = np.asarray([t in r.eos_token_ids for t, r in zip(tokens.tolist(), act_rows)], bool)
@@ -130,6 +136,8 @@ def _greedy(runner: Runner, enc_hidden, enc_mask, rows: list[GenerationSettings]
         if done.any():
             keep = np.flatnonzero(~done)
             active, seqs, tokens = active[keep], seqs[keep], tokens[keep]
+            for index in ngrams.values():
+                index.select(keep)
             cache.select_rows(keep, keep)
         logits = runner.step(tokens, cache)
 

@@ -171,16 +171,55 @@ def banned_ngram_tokens(ids: np.ndarray, n: int) -> np.ndarray:
     return windows[matches, -1]
 
 
-def process_scores(scores: np.ndarray, seqs: np.ndarray, s: GenerationSettings, inplace: bool = False) -> np.ndarray:
+class NgramIndex:
+    """The n-grams of each row of a batch so far, kept as the rows grow: the tokens that
+    `banned_ngram_tokens` would return, looked up per row and step instead of found by a scan of
+    the whole sequence (up to 1024 tokens, every row, every step: 0.37 ms of a 6-row base step).
+    Same tokens, possibly in another order, so the processed scores are the same bits.
+
+    ngrams[r] maps the first n - 1 tokens of each n-gram of row r to the tokens that followed them."""
+
+    def __init__(self, seqs: np.ndarray, n: int):
+        self.n = n
+        self.ngrams: list[dict] = [{} for _ in range(len(seqs))]
+        for r, ids in enumerate(seqs.tolist()):
+            for j in range(len(ids) - n + 1):
+                self.ngrams[r].setdefault(tuple(ids[j:j + n - 1]), []).append(ids[j + n - 1])
+
+    def add(self, seqs: np.ndarray) -> None:
+        """seqs [R, cur_len]: the same rows, one token longer than at the last call."""
+        n = self.n
+        if seqs.shape[1] < n:
+            return
+        for grams, tail in zip(self.ngrams, seqs[:, -n:].tolist()):
+            grams.setdefault(tuple(tail[:-1]), []).append(tail[-1])
+
+    def select(self, keep: np.ndarray) -> None:
+        """Keep the rows `keep` (increasing: rows leaving the batch)."""
+        self.ngrams = [self.ngrams[i] for i in keep.tolist()]
+
+    def banned(self, r: int, ids: np.ndarray) -> list:
+        """banned_ngram_tokens(ids, n) for row r, whose sequence so far is ids."""
+        if len(ids) < self.n:
+            return []
+        return self.ngrams[r].get(tuple(ids[len(ids) + 1 - self.n:].tolist()), [])
+
+
+def process_scores(scores: np.ndarray, seqs: np.ndarray, s: GenerationSettings, inplace: bool = False,
+                   ngrams: NgramIndex | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """scores [R, V] (logits for greedy, log-probs for beam search); seqs [R, cur_len] the
     sequences so far, decoder start token included.  Returns the processed scores (`scores`
-    itself when inplace)."""
+    itself when inplace).  ngrams: an index of these rows' n-grams (for no_repeat_ngram_size),
+    whose row rows[r] is row r here (rows None: the same rows)."""
     cur_len = seqs.shape[1]
     vocab = scores.shape[1]
     out = scores if inplace else scores.copy()
     if s.no_repeat_ngram_size > 0 and cur_len >= s.no_repeat_ngram_size:
         for r in range(len(seqs)):
-            banned = banned_ngram_tokens(seqs[r], s.no_repeat_ngram_size)
+            if ngrams is None:
+                banned = banned_ngram_tokens(seqs[r], s.no_repeat_ngram_size)
+            else:
+                banned = np.asarray(ngrams.banned(r if rows is None else int(rows[r]), seqs[r]), np.int64)
             out[r, banned[banned < vocab]] = -np.inf
     eos = [e for e in s.eos_token_ids if e < vocab]
     if eos and (cur_len < s.min_length or cur_len - 1 < s.min_new_tokens):

@@ -249,12 +249,12 @@ def check_parity(merged_path: Path, cross, step, heads: int, seed: int = 0) -> f
     feeds = {k: v for k, v in feeds.items() if k in {i.name for i in merged.get_inputs()}}
     want = merged.run(["logits"], feeds)[0][:, -1]
 
-    class Embed:  # the runner embeds token ids; here the embeddings are given
-        def run(self, _names, _feeds):
-            return [emb]
+    class Embed:  # the runner embeds token ids; here token r's embedding is emb[r]
+        def run(self, _names, feeds):
+            return [emb[feeds["input_ids"][:, 0]]]
 
     runner = BufferedRunner(Embed(), _session(cross), _session(step))
-    got, _ = runner.first(np.zeros(rows, np.int64), hidden, mask, max_length=2)
+    got, _ = runner.first(np.arange(rows), hidden, mask, max_length=2)
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-9))
 
 

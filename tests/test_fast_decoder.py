@@ -329,3 +329,32 @@ def test_greedy_decode_steps_allocate_no_vocabulary_sized_temporaries():
     # two temporaries), 0.02 after.  Beam search keeps a per-item [K, V] sum and top-k work
     # (transformers' algorithm, models/generate.py _BeamItem.step) and is not held to this.
     assert grew < 0.25 * one, f"the steps allocated {grew / one:.2f} x one [R, V] array"
+
+
+def test_token_embeddings_are_the_graphs_rows_looked_up():
+    """The runners' embedding store: the same bits as calling embed_tokens on the batch, the graph
+    called only for tokens not met before, and the store bounded."""
+    import onnxruntime as ort
+
+    from edge_agent.models.runners import TokenEmbeddings
+
+    for variant in ("", "_int8"):
+        session = ort.InferenceSession(str(TINY / "onnx" / f"embed_tokens{variant}.onnx"), providers=["CPUExecutionProvider"])
+        calls = []
+
+        class Counting:
+            def run(self, names, feeds):
+                calls.append(feeds["input_ids"][:, 0].tolist())
+                return session.run(names, feeds)
+
+        store = TokenEmbeddings()
+        ids = np.array([[5], [9], [5], [40]])
+        want = session.run(["inputs_embeds"], {"input_ids": ids})[0]
+        np.testing.assert_array_equal(store.rows(Counting(), ids, np.float32), want)
+        np.testing.assert_array_equal(store.rows(Counting(), ids[::-1], np.float32), want[::-1])
+        assert calls == [[5, 9, 40]]  # the second call found every token
+        store.MAX_ROWS = 4
+        more = np.array([[7], [8]])
+        np.testing.assert_array_equal(store.rows(Counting(), more, np.float32),
+                                      session.run(["inputs_embeds"], {"input_ids": more})[0])
+        assert calls[-1] == [7, 8] and sorted(store.known) == [7, 8]  # 3 + 2 > 4: started again

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_agent.models.errors import ModelDirError, ModelSettingError
-from edge_agent.models.generation import GenerationSettings, banned_ngram_tokens, process_scores
+from edge_agent.models.generation import GenerationSettings, NgramIndex, banned_ngram_tokens, process_scores
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-florence2"
 
@@ -60,6 +60,28 @@ def test_no_repeat_ngram_matches_transformers():
         s = GenerationSettings(no_repeat_ngram_size=n)
         np.testing.assert_array_equal(process_scores(scores, ids, s), ref)
     assert list(banned_ngram_tokens(np.array([2, 5, 7, 5]), 2)) == [7]
+
+
+def test_ngram_index_bans_what_the_scan_bans():
+    """The greedy decode's incremental index against banned_ngram_tokens' scan of the whole
+    sequence, as rows grow one token a step and leave the batch."""
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 4):
+        seqs = rng.integers(0, 5, (6, 2))  # a start of 2 tokens, shorter than n for n > 2
+        index = NgramIndex(seqs, n)
+        for step in range(40):
+            for r in range(len(seqs)):
+                assert sorted(index.banned(r, seqs[r])) == sorted(banned_ngram_tokens(seqs[r], n).tolist())
+            scores = rng.standard_normal((len(seqs), 7)).astype(np.float32)
+            s = GenerationSettings(no_repeat_ngram_size=n)
+            np.testing.assert_array_equal(process_scores(scores, seqs, s, ngrams=index),
+                                          process_scores(scores, seqs, s))
+            seqs = np.concatenate([seqs, rng.integers(0, 5, (len(seqs), 1))], axis=1)
+            index.add(seqs)
+            if step in (10, 25):  # rows leave the batch
+                keep = np.flatnonzero(rng.random(len(seqs)) < 0.7)
+                seqs = seqs[keep]
+                index.select(keep)
 
 
 def test_forced_and_min_length_processors():
