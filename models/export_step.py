@@ -181,6 +181,17 @@ def _cross_inputs(g: _Graph):
     return seqlens, total, bias, zeros
 
 
+def _packed(q: Linear, k: Linear, v: Linear) -> Linear:
+    """q, k and v as one Linear whose output is GroupQueryAttention's packed query [B, 1, 3D] (q,
+    then k, then v): one MatMul and one bias Add instead of three each.  With the per-row int8
+    matmuls (models/rowquant.py) that is also one MatMulIntegerToFloat and one Mul: a 6-row base
+    int8 step 15.1-16.0 -> 14.1-14.7 ms (benchmarks/frame-results.md, session 12); each column keeps
+    its own weight scale, so the int8 weights are the same."""
+    biases = [lin.bias if lin.bias is not None else np.zeros(lin.weight.shape[0], np.float32) for lin in (q, k, v)]
+    bias = None if all(lin.bias is None for lin in (q, k, v)) else np.concatenate(biases)
+    return Linear(np.concatenate([q.weight, k.weight, v.weight]), bias)
+
+
 def build_step(w: DecoderWeights):
     """One decoding step for every row.  Self-attention: GroupQueryAttention appending in place to
     the buffer.  Cross-attention: GroupQueryAttention too, over the stored keys/values as its
@@ -198,9 +209,9 @@ def build_step(w: DecoderWeights):
     buf = ["batch_size", heads, "max_sequence_length", dh]
     cross_buf = ["batch_size", heads, "cross_length", dh]
     for i, layer in enumerate(w.layers):
-        q, k, v = (g.linear(h, lin, f"l{i}.{n}") for lin, n in ((layer.q, "q"), (layer.k, "k"), (layer.v, "v")))
+        qkv = g.linear(h, _packed(layer.q, layer.k, layer.v), f"l{i}.qkv")
         attn = g.name(f"l{i}.self_attn")
-        _gqa(g, [q, k, v, f"past_key_values.{i}.decoder.key", f"past_key_values.{i}.decoder.value", "seqlens_k",
+        _gqa(g, [qkv, "", "", f"past_key_values.{i}.decoder.key", f"past_key_values.{i}.decoder.value", "seqlens_k",
                  "total_sequence_length"], [attn, f"present.{i}.decoder.key", f"present.{i}.decoder.value"], heads, dh, d)
         h = g.norm(g.op("Add", [h, g.linear(attn, layer.out, f"l{i}.out")]), layer.self_norm, f"l{i}.self_norm")
         cattn = g.name(f"l{i}.cross_attn")
