@@ -69,7 +69,8 @@ def _positions(embed_positions: nn.Embedding, start, length, device) -> torch.Te
     return nn.functional.embedding(ids, embed_positions.weight)[None]
 
 
-VISION_CHUNK = 9216  # tokens per vision MLP or window-attention call: a quarter of the first stage at 768 (192 x 192)
+VISION_CHUNK = 9216  # tokens per window-attention call: a quarter of the first stage at 768 (192 x 192)
+MLP_CHUNK = 2304  # tokens per vision MLP call: a sixteenth of the first stage at 768, the whole third stage
 
 
 def _qkv(linear: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,14 +135,18 @@ def window_attention_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """`Florence2VisionMLP.forward` over chunks of VISION_CHUNK tokens (the same arithmetic, token by
+    """`Florence2VisionMLP.forward` over chunks of MLP_CHUNK tokens (the same arithmetic, token by
     token).  The first stage's hidden layer at 768 (36864 tokens x 512, 72 MB) and its GELU (as
     much again) were the vision tower's largest live tensors: 162 of its peak live MB in ONNX
-    Runtime's base int8 profile.  A stage of at most VISION_CHUNK tokens stays one call."""
-    if hidden_states.shape[1] <= VISION_CHUNK:
+    Runtime's base int8 profile.  Chunks of 9216 tokens until session 12; 2304 keep a chunk's
+    hidden layer at 4.5 MB (the first stage), near the cache: base int8 tower, one 768 tile,
+    peak RSS 404 -> 370 MB, its fc1/GELU/fc2 206 + 64 -> 191 + 56 ms (ORT profile), 0.68-0.82 ->
+    0.66-0.78 s per tile (benchmarks/frame-results.md).  fp32 features bit-identical.  A stage of
+    at most MLP_CHUNK tokens stays one call."""
+    if hidden_states.shape[1] <= MLP_CHUNK:
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
     return torch.cat([self.fc2(self.activation_fn(self.fc1(part)))
-                      for part in hidden_states.split(VISION_CHUNK, dim=1)], dim=1)
+                      for part in hidden_states.split(MLP_CHUNK, dim=1)], dim=1)
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -177,18 +177,19 @@ def test_with_vision_side_384_runs_with_the_same_text_graphs(model, tmp_path):
 
 def test_vision_mlp_runs_in_token_chunks_with_the_same_features(tmp_path: Path, model):
     """models/export_wrappers.mlp_forward: the first stage's MLP (36864 tokens at 768) is exported
-    as calls of VISION_CHUNK tokens, and q, k and v as three MatMuls (_qkv); the features still
+    as calls of MLP_CHUNK tokens, and q, k and v as three MatMuls (_qkv); the features still
     equal transformers'."""
     import onnx
 
     from edge_agent.models.export import export_vision
-    from edge_agent.models.export_wrappers import VISION_CHUNK
+    from edge_agent.models.export_wrappers import MLP_CHUNK
 
     export_vision(model, tmp_path)
     graph = onnx.load(str(tmp_path / "vision_encoder.onnx")).graph
     fc1 = lambda stage: [n for n in graph.node if n.op_type == "MatMul"  # noqa: E731
                          and f"blocks.{stage}.0/spatial_block/ffn/fc1" in n.name]
-    assert len(fc1(0)) == 192 * 192 // VISION_CHUNK == 4 and len(fc1(1)) == 1  # stage 2: 9216 tokens, one call
+    assert len(fc1(0)) == 192 * 192 // MLP_CHUNK == 16 and len(fc1(1)) == 9216 // MLP_CHUNK == 4
+    assert len(fc1(2)) == 1  # stage 3: 2304 tokens, one call
     for attn in ("channel_block/channel_attn", "spatial_block/window_attn"):  # q, k, v: three MatMuls, no fused qkv
         qkv = [n for n in graph.node if n.op_type == "MatMul" and f"blocks.0.0/{attn}/" in n.name
                and n.input[1] in {i.name for i in graph.initializer}]
