@@ -1,12 +1,17 @@
 """What this processor offers int8 inference: the instruction set a benchmark names.
 
-    int8_isa()      # "AVX-512 VNNI", "AVX-VNNI", "AVX2 (no VNNI)", "ARM dotprod", "ARM (no dotprod)", ...
+    int8_isa()      # "AMX + AVX-512 VNNI", "AVX-512 VNNI", "AVX-VNNI", "AVX2 (no VNNI)", "ARM dotprod", ...
 
 ONNX Runtime's int8 kernels (MatMulInteger, ConvInteger, QLinear*) run several times faster
 with a dot-product instruction: AVX-512 VNNI or AVX-VNNI on x86, SDOT/UDOT (`asimddp`) on
 ARMv8.2+ (Raspberry Pi 5's Cortex-A76; a Pi 4's Cortex-A72 has none).  Weight-only MatMulNBits
 computes in float and does not need them.  The answer comes from /proc/cpuinfo's flags
 (x86) or Features (ARM); elsewhere it is the machine name.
+
+Intel Xeons since Sapphire Rapids also have AMX tiles (`amx_int8`), which MLAS's u8s8 GEMM uses
+when the kernel grants them: a base vision-tower-sized MatMulIntegerToFloat ran at 1.8-2.6 int8
+TOPS on 2 vCPUs of one (benchmarks/frame-results.md, session 12), several times what VNNI gives,
+so those machines are named apart: their int8 ratios do not carry over to a VNNI-only CPU.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def int8_isa(cpuinfo: str | None = None, machine: str | None = None) -> str:
     if machine in ("aarch64", "arm64") or machine.startswith("arm") or "asimd" in flags:
         return "ARM dotprod" if "asimddp" in flags else "ARM (no dotprod)"
     if "avx512_vnni" in flags or "avx512vnni" in flags:
-        return "AVX-512 VNNI"
+        return "AMX + AVX-512 VNNI" if "amx_int8" in flags else "AVX-512 VNNI"
     if "avx_vnni" in flags:
         return "AVX-VNNI"
     if "avx2" in flags:

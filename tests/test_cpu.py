@@ -4,6 +4,7 @@ from edge_agent.models.cpu import cpu_flags, int8_isa
 EPYC_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n"
 EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 ALDER = "flags\t\t: avx2 avx_vnni\n"
+SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_vnni avx_vnni amx_bf16 amx_tile amx_int8\n"
 PI5 = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n"
 PI4 = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
 
@@ -12,6 +13,7 @@ def test_names_each_kind_of_cpu():
     assert int8_isa(EPYC_VNNI, "x86_64") == "AVX-512 VNNI"
     assert int8_isa(EPYC_AVX2, "x86_64") == "AVX2 (no VNNI)"
     assert int8_isa(ALDER, "x86_64") == "AVX-VNNI"
+    assert int8_isa(SAPPHIRE, "x86_64") == "AMX + AVX-512 VNNI"
     assert int8_isa(PI5, "aarch64") == "ARM dotprod"
     assert int8_isa(PI4, "aarch64") == "ARM (no dotprod)"
     assert int8_isa("", "riscv64") == "riscv64"
