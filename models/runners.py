@@ -100,6 +100,7 @@ class TokenEmbeddings:
         if missing:
             if len(self.known) + len(missing) > self.MAX_ROWS:
                 self.known.clear()
+                missing = sorted(set(flat))  # this call's known tokens went too
             out = session.run(["inputs_embeds"], {"input_ids": np.asarray(missing, np.int64)[:, None]})[0]
             out = out.astype(dtype, copy=False)
             self.known.update((t, out[j, 0].copy()) for j, t in enumerate(missing))

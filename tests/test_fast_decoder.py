@@ -354,7 +354,7 @@ def test_token_embeddings_are_the_graphs_rows_looked_up():
         np.testing.assert_array_equal(store.rows(Counting(), ids[::-1], np.float32), want[::-1])
         assert calls == [[5, 9, 40]]  # the second call found every token
         store.MAX_ROWS = 4
-        more = np.array([[7], [8]])
+        more = np.array([[7], [9], [8]])  # 9 is known; 3 + 2 new > 4: the store starts again, 9 included
         np.testing.assert_array_equal(store.rows(Counting(), more, np.float32),
                                       session.run(["inputs_embeds"], {"input_ids": more})[0])
-        assert calls[-1] == [7, 8] and sorted(store.known) == [7, 8]  # 3 + 2 > 4: started again
+        assert calls[-1] == [7, 8, 9] and sorted(store.known) == [7, 8, 9]
