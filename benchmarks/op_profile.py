@@ -1,0 +1,141 @@
+"""Where a graph's time goes, by operator type: ONNX Runtime's profiler over repeated runs.
+
+    python benchmarks/op_profile.py MODEL_DIR --part step --rows 6 --past 256
+    python benchmarks/op_profile.py MODEL_DIR --part vision
+    python benchmarks/op_profile.py MODEL_DIR --part step --variant _int8 --threads 1
+
+--part step: `decoder_step{variant}.onnx` (edge-agent's fast decoder) with its caches bound as
+the engine binds them (models/runners.py BufferedRunner: each present.* output written into its
+past/cross input's buffer, so GroupQueryAttention appends in place instead of copying the cache),
+random inputs, `--rows` rows, `--past` past tokens, cross-attention over `--encoder` positions.
+--part vision: `vision_encoder{variant}.onnx` on one random tile at the graph's side.
+
+Prints ms per run (profiler on, so a little above an unprofiled run), the kernels' share, and the
+operator types by time.  Not a test; run it on an idle machine (benchmarks/frame-results.md,
+session 12, has its numbers for the base model).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def step_feeds(session, rows: int, past: int, encoder: int, rng) -> tuple[dict, dict]:
+    """Random inputs for decoder_step, and the present.* output -> input name it is written into."""
+    feeds = {}
+    for i in session.get_inputs():
+        dtype, shape = TYPES[i.type], i.shape
+        if i.name == "inputs_embeds":
+            a = rng.standard_normal((rows, 1, shape[2]))
+        elif i.name == "encoder_attention_mask":
+            a = np.ones((rows, encoder))
+        elif i.name == "seqlens_k":
+            a = np.full(rows, past)
+        elif i.name == "total_sequence_length":
+            a = np.array(past + 1)
+        elif i.name.startswith("past_key_values."):  # the buffer, sized for twice the past
+            a = rng.standard_normal((rows, shape[1], 2 * past + 2, shape[3])) * (20 if dtype == np.int8 else 1)
+        elif i.name.startswith("cross.") and i.name.endswith("_scale"):
+            a = np.full((rows, shape[1], 1, shape[3]), 0.05)
+        elif i.name.startswith("cross."):
+            a = rng.standard_normal((rows, shape[1], encoder + 1, shape[3])) * (20 if dtype == np.int8 else 1)
+        else:
+            raise SystemExit(f"decoder_step: unexpected input {i.name} {i.shape} {i.type}")
+        if dtype == np.int8:
+            a = np.clip(np.rint(a), -127, 127)
+        feeds[i.name] = np.ascontiguousarray(a.astype(dtype))
+    shared = {}
+    for o in session.get_outputs():
+        if o.name.startswith("present."):
+            _, layer, kind, kv = o.name.split(".")
+            shared[o.name] = f"past_key_values.{layer}.decoder.{kv}" if kind == "decoder" else f"cross.{layer}.{kv}"
+    return feeds, shared
+
+
+def profile(path: Path, make_feeds, runs: int, threads: int) -> tuple[float, collections.Counter, collections.Counter]:
+    """make_feeds(session) -> (feeds, shared): shared maps an output to the input whose buffer it writes."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "edge_agent_op_profile")
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feeds, shared = make_feeds(session)
+    io = session.io_binding()
+    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+    for name, value in values.items():
+        io.bind_ortvalue_input(name, value)
+    for o in session.get_outputs():
+        if o.name in shared:
+            io.bind_ortvalue_output(o.name, values[shared[o.name]])
+        else:
+            io.bind_output(o.name, "cpu")
+    warm = 3
+    for _ in range(warm):
+        session.run_with_iobinding(io)
+    t = time.perf_counter()
+    for _ in range(runs):
+        session.run_with_iobinding(io)
+    per_run = (time.perf_counter() - t) / runs
+    trace = Path(session.end_profiling())
+    total, count = collections.Counter(), collections.Counter()
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            total[event["args"]["op_name"]] += event["dur"] / (runs + warm)
+            count[event["args"]["op_name"]] += 1
+    trace.unlink(missing_ok=True)
+    return per_run, total, count
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir")
+    ap.add_argument("--part", choices=("step", "vision"), default="step")
+    ap.add_argument("--variant", default="_int8", help="graph suffix: _int8 (default), '' for fp32, _q4, ...")
+    ap.add_argument("--rows", type=int, default=6)
+    ap.add_argument("--past", type=int, default=256)
+    ap.add_argument("--encoder", type=int, default=590, help="encoder positions (577 image tokens + a prompt)")
+    ap.add_argument("--runs", type=int, default=0, help="default: 100 for step, 3 for vision")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args(argv)
+    onnx_dir = Path(args.model_dir).expanduser() / "onnx"
+    rng = np.random.default_rng(0)
+    if args.part == "step":
+        path = onnx_dir / f"decoder_step{args.variant}.onnx"
+        def make_feeds(session):
+            return step_feeds(session, args.rows, args.past, args.encoder, rng)
+        what = f"{args.rows} rows, {args.past} past, {args.encoder} encoder positions"
+        runs = args.runs or 100
+    else:
+        path = onnx_dir / f"vision_encoder{args.variant}.onnx"
+
+        def make_feeds(session):
+            side = session.get_inputs()[0].shape[2]
+            side = side if isinstance(side, int) else 768
+            return {session.get_inputs()[0].name: rng.random((1, 3, side, side), np.float32)}, {}
+        what = "one tile"
+        runs = args.runs or 3
+    if not path.is_file():
+        raise SystemExit(f"{path}: file missing")
+    per_run, total, count = profile(path, make_feeds, runs, args.threads)
+    kernels = sum(total.values()) / 1000
+    print(f"{path.name}, {what}: {1000 * per_run:.2f} ms per run (profiled), {kernels:.2f} ms in kernels")
+    for op, us in total.most_common(args.top):
+        print(f"  {op:28s} {us / 1000:8.3f} ms  {100 * us / 1000 / kernels:5.1f}%  x{count[op] // (runs + 3)}")
+
+
+if __name__ == "__main__":
+    main()
