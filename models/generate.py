@@ -150,6 +150,30 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
     return part[order]
 
 
+def _topk_rows(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """_topk of a [K, V] array's flat values, and those values, without a pass that allocates:
+    each row's k largest by repeated argmax (lowest index first among equals), then the k largest
+    of those K*k.  a is used as work space: its values are gone afterwards.  Where a row holds
+    fewer than k values above -inf, its -inf entries come lowest index first.  For a base 3-beam
+    step (K 3, V 51289) this replaces an argpartition over 154k values and its index array."""
+    rows, v = a.shape
+    k = min(k, rows * v)
+    idx, vals = [], []
+    for r in range(rows):
+        row, taken = a[r], set()
+        for _ in range(min(k, v)):
+            j = int(np.argmax(row))
+            if row[j] == -np.inf:  # the rest of the row is -inf: lowest indices not yet taken
+                j = next(t for t in range(v) if t not in taken)
+            idx.append(r * v + j)
+            vals.append(row[j] if j not in taken else -np.inf)
+            taken.add(j)
+            row[j] = -np.inf
+    idx, vals = np.asarray(idx), np.asarray(vals, a.dtype)
+    order = np.lexsort((idx, -vals))[:k]
+    return idx[order], vals[order]
+
+
 class _BeamItem:
     """transformers' per-batch-item beam search state, for one sequence to generate."""
 
@@ -166,14 +190,15 @@ class _BeamItem:
         self.fin_done = np.zeros(k, bool)
         self.improvable = True
 
-    def step(self, logprobs: np.ndarray) -> np.ndarray:
-        """logprobs [K, V] processed; advances the beams; returns the parent beam of each new running beam."""
+    def step(self, logprobs: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+        """logprobs [K, V] processed; advances the beams; returns the parent beam of each new
+        running beam.  scratch: work space of logprobs' shape and dtype (its values are gone)."""
         s, k = self.s, self.s.num_beams
         cur_len = self.run_seqs.shape[1]
         vocab = logprobs.shape[1]
-        acc = (logprobs + self.run_scores[:, None]).reshape(-1)
-        idx = _topk(acc, 2 * k)
-        cand_lp, parent, tok = acc[idx], idx // vocab, idx % vocab
+        acc = np.add(logprobs, self.run_scores[:, None], out=scratch)
+        idx, cand_lp = _topk_rows(acc, 2 * k)
+        parent, tok = idx // vocab, idx % vocab
         cand_seqs = np.concatenate([self.run_seqs[parent], tok[:, None]], axis=1)
         cand_probs = np.concatenate([self.run_probs[parent], np.exp(logprobs[parent, tok])[:, None]], axis=1)
         hits = np.isin(tok, s.eos_token_ids) | (cur_len + 1 >= s.max_length)
@@ -236,12 +261,14 @@ def _beam_search(runner: Runner, enc_hidden, enc_mask, s: GenerationSettings) ->
     logits = logits[rep]
     cache.select_rows(rep, rep)
     active = list(range(n))  # item of each block of K rows
+    work = np.empty_like(logits)  # log_softmax's exponentials, then each item's scores (no [R, V] allocations)
     while True:
         seqs = np.concatenate([items[i].run_seqs for i in active])
-        logprobs = process_scores(log_softmax(logits, inplace=True), seqs, s, inplace=True)
+        scratch = work[:len(logits)]
+        logprobs = process_scores(log_softmax(logits, inplace=True, scratch=scratch), seqs, s, inplace=True)
         gather, still = [], []
         for b, i in enumerate(active):
-            parents = items[i].step(logprobs[b * k:(b + 1) * k])
+            parents = items[i].step(logprobs[b * k:(b + 1) * k], scratch[b * k:(b + 1) * k])
             if items[i].finished:
                 results[i] = items[i].result()
             else:

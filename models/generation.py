@@ -140,11 +140,13 @@ class GenerationSettings:
 # loops own their logits): the same operations in the same order, so the same bits.
 
 
-def log_softmax(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+def log_softmax(x: np.ndarray, inplace: bool = False, scratch: np.ndarray | None = None) -> np.ndarray:
+    """scratch: an array of x's shape and dtype for the exponentials (its values are gone
+    afterwards), so that no [R, V] array is allocated."""
     m = np.max(x, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype)
     shifted = np.subtract(x, m, out=x if inplace else None)
-    lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    lse = np.log(np.sum(np.exp(shifted, out=scratch), axis=-1, keepdims=True))
     return np.subtract(shifted, lse, out=shifted)
 
 

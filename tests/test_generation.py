@@ -108,3 +108,27 @@ def test_unknown_provider_is_config_error_and_missing_ones_are_skipped():
     assert resolve_providers(("cuda", "cpu"))[-1] == "CPUExecutionProvider"
     with pytest.raises(ModelSettingError, match="gpu-please"):
         resolve_providers(("gpu-please",))
+
+
+def test_beam_topk_over_rows_is_the_flat_topk():
+    """Beam search's candidates (models/generate.py _topk_rows): the k largest of a [K, V] array's
+    flat values, largest first and lowest index first among equals, -inf rows included, as the
+    flat argpartition it replaces gives them (the same values; the same indices where no ties)."""
+    from edge_agent.models.generate import _topk, _topk_rows
+
+    rng = np.random.default_rng(0)
+    for t in range(600):
+        rows, vocab, k = int(rng.integers(1, 5)), int(rng.integers(1, 40)), int(rng.integers(1, 9))
+        a = rng.standard_normal((rows, vocab)).astype(np.float32)
+        if t % 3 == 0:
+            a[rng.random((rows, vocab)) < 0.7] = -np.inf  # banned tokens, forced steps
+        if t % 5 == 0:
+            a = np.round(a)  # ties
+        flat = a.reshape(-1).copy()
+        idx, vals = _topk_rows(a.copy(), k)
+        want = np.lexsort((np.arange(len(flat)), -flat))[:min(k, len(flat))]
+        np.testing.assert_array_equal(idx, want)
+        np.testing.assert_array_equal(vals, flat[want])
+        np.testing.assert_array_equal(flat[_topk(flat, k)], vals)
+        if len(np.unique(flat)) == len(flat):
+            np.testing.assert_array_equal(_topk(flat, k), idx)
