@@ -114,7 +114,7 @@ def _greedy(runner: Runner, enc_hidden, enc_mask, rows: list[GenerationSettings]
     results: list[Generated | None] = [None] * n
     active = np.arange(n)  # original index of each batch row
     max_len = np.asarray([r.max_length for r in rows])
-    ngrams = {r.no_repeat_ngram_size: NgramIndex(seqs, r.no_repeat_ngram_size) for r in rows if r.no_repeat_ngram_size > 0}
+    ngrams = {n: NgramIndex(seqs, n) for n in {r.no_repeat_ngram_size for r in rows} if n > 0}
     logits, cache = runner.first(seqs[:, 0], enc_hidden, enc_mask, int(max_len.max()))
     while True:
         act_rows = [rows[i] for i in active]
@@ -166,7 +166,7 @@ def _topk_rows(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             if row[j] == -np.inf:  # the rest of the row is -inf: lowest indices not yet taken
                 j = next(t for t in range(v) if t not in taken)
             idx.append(r * v + j)
-            vals.append(row[j] if j not in taken else -np.inf)
+            vals.append(row[j])
             taken.add(j)
             row[j] = -np.inf
     idx, vals = np.asarray(idx), np.asarray(vals, a.dtype)
