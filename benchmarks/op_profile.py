@@ -3,6 +3,7 @@
     python benchmarks/op_profile.py MODEL_DIR --part step --rows 6 --past 256
     python benchmarks/op_profile.py MODEL_DIR --part vision
     python benchmarks/op_profile.py MODEL_DIR --part step --variant _int8 --threads 1
+    python benchmarks/op_profile.py --part gemm      # this CPU's int8 and fp32 matmul ceilings
 
 --part step: `decoder_step{variant}.onnx` (edge-agent's fast decoder) with its caches bound as
 the engine binds them (models/runners.py BufferedRunner: each present.* output written into its
@@ -27,6 +28,32 @@ from pathlib import Path
 import numpy as np
 
 TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+# operator type -> index of the input whose last axis a matmul reduces over (A [..., M, K])
+MATMUL_A = {"MatMul": 0, "FusedMatMul": 0, "MatMulInteger": 0, "MatMulIntegerToFloat": 0, "DynamicQuantizeMatMul": 0,
+            "MatMulNBits": 0, "QLinearMatMul": 0}
+# operator type -> index of the weight input [C_out, C_in / group, *kernel] of a convolution
+CONV_W = {"Conv": 1, "FusedConv": 1, "NchwcConv": 1, "ConvInteger": 1, "QLinearConv": 3}
+GEMM_SHAPE = (2304, 1024, 4096)  # M, K, N of --part gemm: a base vision tower's MLP chunk
+
+
+def node_macs(op: str, inputs: list, outputs: list) -> int:
+    """Multiply-accumulates of one matmul or convolution node from its input and output shapes (as
+    ONNX Runtime's profiler records them): output elements x the length each one reduces over (a
+    matmul's K; a convolution's C_in / group x kernel elements).  0 for other operators, and where
+    a shape is missing."""
+    if not outputs or not outputs[0]:
+        return 0
+    out = int(np.prod(outputs[0]))
+    if op in MATMUL_A and len(inputs) > MATMUL_A[op] and inputs[MATMUL_A[op]]:
+        return out * int(inputs[MATMUL_A[op]][-1])
+    if op in CONV_W and len(inputs) > CONV_W[op] and len(inputs[CONV_W[op]]) >= 3:
+        return out * int(np.prod(inputs[CONV_W[op]][1:]))
+    return 0
+
+
+def _shapes(args: dict, key: str) -> list:
+    """The profiler's [{"float": [dims]}, ...] as [[dims], ...]."""
+    return [list(d.values())[0] if d else [] for d in args.get(key, [])]
 
 
 def step_feeds(session, rows: int, past: int, encoder: int, rng) -> tuple[dict, dict]:
@@ -61,9 +88,11 @@ def step_feeds(session, rows: int, past: int, encoder: int, rng) -> tuple[dict, 
     return feeds, shared
 
 
-def profile(path: Path, make_feeds, runs: int, threads: int) -> tuple[float, collections.Counter, collections.Counter]:
-    """make_feeds(session) -> (feeds, shared): shared maps an output to the input whose buffer it writes.
-    -> seconds per run, microseconds per run by operator type, nodes of each type."""
+def profile(path, make_feeds, runs: int, threads: int) -> tuple[float, collections.Counter, collections.Counter,
+                                                                collections.Counter]:
+    """path: an .onnx file, or a serialized model (bytes).  make_feeds(session) -> (feeds, shared):
+    shared maps an output to the input whose buffer it writes.  -> seconds per run, and per run by
+    operator type: microseconds, nodes, multiply-accumulates (node_macs)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -72,7 +101,7 @@ def profile(path: Path, make_feeds, runs: int, threads: int) -> tuple[float, col
     so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "edge_agent_op_profile")
     if threads:
         so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=["CPUExecutionProvider"])
     feeds, shared = make_feeds(session)
     io = session.io_binding()
     values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
@@ -91,29 +120,72 @@ def profile(path: Path, make_feeds, runs: int, threads: int) -> tuple[float, col
         session.run_with_iobinding(io)
     per_run = (time.perf_counter() - t) / runs
     trace = Path(session.end_profiling())
-    total, count = collections.Counter(), collections.Counter()
+    total, count, macs = collections.Counter(), collections.Counter(), collections.Counter()
     for event in json.loads(trace.read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            total[event["args"]["op_name"]] += event["dur"] / (runs + warm)
-            count[event["args"]["op_name"]] += 1
+            args = event["args"]
+            total[args["op_name"]] += event["dur"] / (runs + warm)
+            count[args["op_name"]] += 1
+            macs[args["op_name"]] += node_macs(args["op_name"], _shapes(args, "input_type_shape"),
+                                               _shapes(args, "output_type_shape"))
     trace.unlink(missing_ok=True)
-    return per_run, total, collections.Counter({op: n // (runs + warm) for op, n in count.items()})
+    per = runs + warm
+    return (per_run, total, collections.Counter({op: n // per for op, n in count.items()}),
+            collections.Counter({op: n // per for op, n in macs.items() if n}))
+
+
+def gemm_model(kind: str, m: int, k: int, n: int) -> bytes:
+    """One [m, k] x [k, n] matmul with random weights: "int8" as DynamicQuantizeMatMul (int8 weights,
+    the activation quantized per call, as the int8 vision tower's linear layers run), "fp32" as MatMul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if kind == "int8":
+        inits = [numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "w"),
+                 numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale")]
+        node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "w_scale"], ["y"], domain="com.microsoft")
+    else:
+        inits = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")]
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], f"gemm_{kind}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def report(name: str, per_run: float, total, count, macs, top: int) -> None:
+    kernels = sum(total.values()) / 1000
+    print(f"{name}: {1000 * per_run:.2f} ms per run (profiled), {kernels:.2f} ms in kernels")
+    for op, us in total.most_common(top):
+        rate = f"  {macs[op] / 1e9:7.2f} GMAC at {macs[op] / us / 1e3:6.1f} GMAC/s" if macs[op] and us else ""
+        print(f"  {op:28s} {us / 1000:8.3f} ms  {100 * us / 1000 / kernels:5.1f}%  x{count[op]}{rate}")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir")
-    ap.add_argument("--part", choices=("step", "vision"), default="step")
+    ap.add_argument("model_dir", nargs="?", help="a model folder (not needed for --part gemm)")
+    ap.add_argument("--part", choices=("step", "vision", "gemm"), default="step")
     ap.add_argument("--variant", default="_int8", help="graph suffix: _int8 (default), '' for fp32, _q4, ...")
     ap.add_argument("--rows", type=int, default=6)
     ap.add_argument("--past", type=int, default=256)
     ap.add_argument("--encoder", type=int, default=590, help="encoder positions (577 image tokens + a prompt)")
-    ap.add_argument("--runs", type=int, default=0, help="default: 100 for step, 3 for vision")
+    ap.add_argument("--runs", type=int, default=0, help="default: 100 for step, 3 for vision, 10 for gemm")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args(argv)
-    onnx_dir = Path(args.model_dir).expanduser() / "onnx"
     rng = np.random.default_rng(0)
+    if args.part == "gemm":
+        m, k, n = GEMM_SHAPE
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for kind in ("int8", "fp32"):
+            per_run, total, count, macs = profile(gemm_model(kind, m, k, n), lambda s: ({"x": x}, {}),
+                                                  args.runs or 10, args.threads)
+            report(f"{kind} matmul {m} x {k} x {n}", per_run, total, count, macs, args.top)
+        return
+    if not args.model_dir:
+        ap.error(f"--part {args.part} needs MODEL_DIR")
+    onnx_dir = Path(args.model_dir).expanduser() / "onnx"
     if args.part == "step":
         path = onnx_dir / f"decoder_step{args.variant}.onnx"
 
@@ -132,11 +204,7 @@ def main(argv=None) -> None:
         runs = args.runs or 3
     if not path.is_file():
         raise SystemExit(f"{path}: file missing")
-    per_run, total, count = profile(path, make_feeds, runs, args.threads)
-    kernels = sum(total.values()) / 1000
-    print(f"{path.name}, {what}: {1000 * per_run:.2f} ms per run (profiled), {kernels:.2f} ms in kernels")
-    for op, us in total.most_common(args.top):
-        print(f"  {op:28s} {us / 1000:8.3f} ms  {100 * us / 1000 / kernels:5.1f}%  x{count[op]}")
+    report(f"{path.name}, {what}", *profile(path, make_feeds, runs, args.threads), args.top)
 
 
 if __name__ == "__main__":
