@@ -11,9 +11,16 @@ past/cross input's buffer, so GroupQueryAttention appends in place instead of co
 random inputs, `--rows` rows, `--past` past tokens, cross-attention over `--encoder` positions.
 --part vision: `vision_encoder{variant}.onnx` on one random tile at the graph's side.
 
+--part gemm: this CPU's ceilings, no model needed: one large int8 matmul (DynamicQuantizeMatMul,
+as the int8 vision tower's linear layers run) and one fp32 MatMul, 2304 x 1024 x 4096, and one
+row through 64 MB of int8 weights (the rate at which a decode step's matmuls can read theirs).
+
 Prints ms per run (profiler on, so a little above an unprofiled run), the kernels' share, and the
-operator types by time.  Not a test; run it on an idle machine (benchmarks/frame-results.md,
-session 12, has its numbers for the base model).
+operator types by time; for matmuls and convolutions also their multiply-accumulates (from the
+shapes the profiler records) and the rate they ran at.  An operator near --part gemm's ceiling is
+bound by compute; one far below it waits on memory or on its own overhead.  Not a test; run it on
+an idle machine (benchmarks/frame-results.md, sessions 12 and 13, has its numbers for the base
+model).
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ MATMUL_A = {"MatMul": 0, "FusedMatMul": 0, "MatMulInteger": 0, "MatMulIntegerToF
 # operator type -> index of the weight input [C_out, C_in / group, *kernel] of a convolution
 CONV_W = {"Conv": 1, "FusedConv": 1, "NchwcConv": 1, "ConvInteger": 1, "QLinearConv": 3}
 GEMM_SHAPE = (2304, 1024, 4096)  # M, K, N of --part gemm: a base vision tower's MLP chunk
+STREAM_SHAPE = (1, 4096, 16384)  # one row over 64 MB of int8 weights: more than a CPU's caches hold
 
 
 def node_macs(op: str, inputs: list, outputs: list) -> int:
@@ -182,6 +190,13 @@ def main(argv=None) -> None:
             per_run, total, count, macs = profile(gemm_model(kind, m, k, n), lambda s: ({"x": x}, {}),
                                                   args.runs or 10, args.threads)
             report(f"{kind} matmul {m} x {k} x {n}", per_run, total, count, macs, args.top)
+        m, k, n = STREAM_SHAPE
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        per_run, total, count, macs = profile(gemm_model("int8", m, k, n), lambda s: ({"x": x}, {}),
+                                              args.runs or 50, args.threads)
+        report(f"int8 matmul {m} x {k} x {n}", per_run, total, count, macs, args.top)
+        print(f"  int8 weights streamed at {k * n / (sum(total.values()) * 1e3):.1f} GB/s: what a decode step's "
+              "matmuls can read per second (a step reads all its weights once)")
         return
     if not args.model_dir:
         ap.error(f"--part {args.part} needs MODEL_DIR")
