@@ -184,17 +184,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     if args.part == "gemm":
-        m, k, n = GEMM_SHAPE
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        for kind in ("int8", "fp32"):
+        for kind, (m, k, n), runs in (("int8", GEMM_SHAPE, 10), ("fp32", GEMM_SHAPE, 10), ("int8", STREAM_SHAPE, 50)):
+            x = rng.standard_normal((m, k)).astype(np.float32)
             per_run, total, count, macs = profile(gemm_model(kind, m, k, n), lambda s: ({"x": x}, {}),
-                                                  args.runs or 10, args.threads)
+                                                  args.runs or runs, args.threads)
             report(f"{kind} matmul {m} x {k} x {n}", per_run, total, count, macs, args.top)
-        m, k, n = STREAM_SHAPE
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        per_run, total, count, macs = profile(gemm_model("int8", m, k, n), lambda s: ({"x": x}, {}),
-                                              args.runs or 50, args.threads)
-        report(f"int8 matmul {m} x {k} x {n}", per_run, total, count, macs, args.top)
+        # the last matmul, one row through STREAM_SHAPE: its weights per second
         print(f"  int8 weights streamed at {k * n / (sum(total.values()) * 1e3):.1f} GB/s: what a decode step's "
               "matmuls can read per second (a step reads all its weights once)")
         return
