@@ -41,12 +41,23 @@ def optimized(community):
 
 @pytest.mark.parametrize("part", [p + s for p in FAST_PARTS for s in ("", "_int8")])
 def test_graphs_equal_the_exports(optimized, part):
-    """Same weights as `models export` takes from the torch model, hence the same graphs, byte for byte."""
+    """Same weights as `models export` takes from the torch model, hence the same graphs: byte for
+    byte but for the int8 self-attention caches' calibrated scales (models/calibrate.py), which come
+    from an fp32 run whose float sums follow this CPU's kernels (the fixture's were measured on
+    another CPU: 1e-8 apart on an AVX2-only one)."""
     ours = onnx.load(str(optimized / "onnx" / f"{part}.onnx"))
     export = onnx.load(str(TINY / "onnx" / f"{part}.onnx"))
     assert len(ours.graph.initializer) == len(export.graph.initializer) > 10
+    calibrated = 0
     for a, b in zip(ours.graph.initializer, export.graph.initializer):
-        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+        assert a.name == b.name
+        if a.name.startswith("self.") and a.name.endswith(("key_scale", "value_scale")):
+            np.testing.assert_allclose(numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-5, atol=0)
+            b.CopyFrom(a)
+            calibrated += 1
+        else:
+            np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    assert calibrated == (4 if part == "decoder_step_int8" else 0)  # 2 layers, keys and values
     assert ours.SerializeToString() == export.SerializeToString()
 
 
