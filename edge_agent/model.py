@@ -32,6 +32,7 @@ class ModelOptions:
     kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
     load_per_stage: bool = False  # hold one stage's graphs at a time (less memory, a reload per frame)
     mmap_threshold_kb: int = 128  # glibc's mmap threshold, fixed (models/engine.py); 0: glibc's dynamic one
+    row_activation_bits: int = 0  # per-row int8 decoders' activations, 7 or 8; 0: 7 on x86 without VNNI
     telemetry: bool = False  # allow onnxruntime's own telemetry (device id + events file under $HOME/.cache)
 
     def __post_init__(self):
@@ -48,6 +49,8 @@ class ModelOptions:
         for key in ("threads", "num_beams", "decode_batch", "kv_cache_mb", "mmap_threshold_kb"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}: must be >= 0")
+        if self.row_activation_bits not in (0, 7, 8):
+            raise ValueError("row_activation_bits: must be 0 (by the CPU), 7 or 8")
         if not 0 < self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens: must be 1..{MAX_NEW_TOKENS} (Florence-2's decoder has "
                              f"{MAX_NEW_TOKENS} positions)")
@@ -66,7 +69,8 @@ class ModelOptions:
         kw = dict(model_dir=self.dir, variant=self.variant, providers=self.providers, intra_op_threads=self.threads,
                   num_beams=self.num_beams or None, max_new_tokens=self.max_new_tokens,
                   decode_batch=self.decode_batch, kv_cache_mb=self.kv_cache_mb,
-                  load_per_stage=self.load_per_stage, mmap_threshold_kb=self.mmap_threshold_kb)
+                  load_per_stage=self.load_per_stage, mmap_threshold_kb=self.mmap_threshold_kb,
+                  row_activation_bits=self.row_activation_bits)
         kw.update(overrides)
         return EngineOptions(**kw)
 

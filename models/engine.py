@@ -24,6 +24,7 @@ from edge_agent.models.generate import Generated, generate
 from edge_agent.models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
 from edge_agent.models.memory import advise_random, fix_mmap_threshold, trim_heap
 from edge_agent.models.outputs import TASKS, TaskOutput
+from edge_agent.models.rowscale import activation_bits, add_overrides
 from edge_agent.models.runners import BufferedRunner, DecoderRunner
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,12 @@ class EngineOptions:
     # 18.2-18.4 against 18.0-18.1 ms per step, peak 745 against 798-801 MB
     # (benchmarks/frame-results.md, session 10).  No-op off glibc.
     mmap_threshold_kb: int = 128
+    # Bits of the per-row int8 decoders' activations (models/rowquant.py): 8 as written, or 7,
+    # set when the graphs are loaded, so that x86 CPUs without VNNI (whose u8 x s8 matmuls add
+    # pairs of products into a saturating int16, models/cpu.py) do not clip; 0: 7 on such a CPU,
+    # else 8.  Graphs without per-row matmuls are unaffected.  Measured in
+    # benchmarks/frame-results.md, session 14.
+    row_activation_bits: int = 0
     # Called from inside the engine as progress(stage, done, total): "load" after each ONNX graph
     # is loaded (total 0: not known), "vision" after each vision-encoder chunk, "encoder" after
     # each decode chunk's text-encoder pass, "decode" after each decode chunk (text encoder +
@@ -128,10 +135,11 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _session(path: Path, providers: list[str], opts: EngineOptions):
+def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: int = 8):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    add_overrides(so, row_bits)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if opts.intra_op_threads:
         so.intra_op_num_threads = int(opts.intra_op_threads)
@@ -219,6 +227,10 @@ class Florence2Engine:
             fix_mmap_threshold(opts.mmap_threshold_kb * 1024)
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
+        try:
+            self.row_bits = activation_bits(opts.row_activation_bits)
+        except ValueError as exc:
+            raise ModelSettingError(f"row_activation_bits: {exc}") from None
         self._loads = 0
         tc = self.dir.text_config()
         self._heads = tc.get("decoder_attention_heads")
@@ -252,7 +264,7 @@ class Florence2Engine:
     def _load(self, part: str | Path):
         """One graph's session: a part name (its path in this variant) or a path."""
         path = part if isinstance(part, Path) else self.dir.onnx_path(part)
-        session = _session(path, self.providers, self.opts)
+        session = _session(path, self.providers, self.opts, self.row_bits)
         self._loads += 1
         self._progress("load", self._loads, 0)
         return session
@@ -324,7 +336,7 @@ class Florence2Engine:
     @property
     def info(self) -> dict:
         return {"name": self.dir.path.name, "variant": self.dir.label,
-                "dir": str(self.dir.path), "providers": list(self.providers),
+                "dir": str(self.dir.path), "providers": list(self.providers), "row_activation_bits": self.row_bits,
                 "num_beams": self.settings.num_beams, "max_new_tokens": self.settings.max_new_tokens}
 
     # -- stages ---------------------------------------------------------------------

@@ -21,10 +21,17 @@ dense-1080p frame the decode went 7.5-8.2 -> 5.0-5.8 s (benchmarks/frame-results
 x86 CPUs without VNNI (AVX2 only) multiply uint8 by int8 with VPMADDUBSW, which adds each pair
 of products into a saturating int16: a pair of large same-sign weights times activations near 255
 can clip there, as in onnxruntime's own `quantize_dynamic` (its `reduce_range` option: 7-bit
-weights).  VNNI and AMX accumulate in int32 and do not saturate; ARM's kernels were not examined.
+weights).  VNNI, AMX and ARM's kernels (UDOT; UMLAL without dotprod) accumulate in int32 and do not.
 7-bit weights were measured: the base decode step's logits against fp32, relative L2 error 2.9%
 against 2.0% with 8 bits (MatMulNBits' blocks of 32: 1.2%).  Pulling the offending pairs in
 instead changed 0.9% of the weights by up to half and gave 9.3%.  So the weights keep 8 bits.
+
+On such a CPU the engine makes the *activations* 7-bit instead, when it loads the graphs, with no
+new file: `rowscale.activation_overrides(7)` replaces the three shared constants (ONNX Runtime's
+`SessionOptions.add_initializer`), so that xq = QuantizeLinear(x / m, 1/63, 64) lies in [1, 127]
+and a pair of products is at most 2 x 127 x 127 = 32258, under int16's 32767; the matmul's
+activation scale 127/63 undoes the change.  The weights and the file stay the same on every CPU
+(models/cpu.py `u8s8_saturates`; measured in benchmarks/frame-results.md, session 14).
 
 uint8 with the zero point 128 rather than int8: MLAS's prepacked u8s8 kernels (VNNI, AMX) serve
 uint8 activations; int8 activations took a slow path (the same step 7x slower).  Rows of x that
@@ -36,8 +43,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_agent.models.rowscale import A_SCALE, X_SCALE, X_ZERO_POINT, activation_overrides
+
 MS_DOMAIN = "com.microsoft"
-ZERO_POINT = 128  # uint8 activations: xq = round(127 * x / max|x|) + 128, in [1, 255]
 TINY = 1e-30      # an all-zero row gets scale TINY instead of a division by zero
 
 
@@ -50,9 +58,10 @@ class _Rewriter:
         self.added = []
         self.count = 0
         self.tiny = self._const(np.array(TINY, np.float32), "rowq_tiny")
-        self.inv127 = self._const(np.array(1 / 127, np.float32), "rowq_inv127")
-        self.zp = self._const(np.array(ZERO_POINT, np.uint8), "rowq_zp")
-        self.one = self._const(np.array(1.0, np.float32), "rowq_one")
+        consts = activation_overrides(8)
+        self.inv127 = self._const(consts[X_SCALE], X_SCALE)
+        self.zp = self._const(consts[X_ZERO_POINT], X_ZERO_POINT)
+        self.one = self._const(consts[A_SCALE], A_SCALE)
         self.last_axis = self._const(np.array([-1], np.int64), "rowq_last_axis")  # ReduceMax's axes (opset 18+)
 
     def _name(self, base: str) -> str:

@@ -1,5 +1,5 @@
 """models/cpu.py names the int8 instruction set from /proc/cpuinfo, as benchmarks print it."""
-from edge_agent.models.cpu import cpu_flags, int8_isa
+from edge_agent.models.cpu import cpu_flags, int8_isa, u8s8_saturates
 
 EPYC_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n"
 EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -22,3 +22,12 @@ def test_names_each_kind_of_cpu():
 
 def test_this_machine_has_an_answer():
     assert int8_isa()
+
+
+def test_only_x86_without_vnni_or_amx_saturates_u8s8_pairs():
+    assert u8s8_saturates(EPYC_AVX2, "x86_64")
+    assert u8s8_saturates("flags\t\t: sse4_1 avx512f avx512bw\n", "x86_64")  # Skylake-SP: VPMADDUBSW too
+    for flags in (EPYC_VNNI, ALDER, SAPPHIRE):
+        assert not u8s8_saturates(flags, "x86_64")
+    for flags in (PI4, PI5):  # UMLAL and UDOT accumulate in 32 bits
+        assert not u8s8_saturates(flags, "aarch64")

@@ -358,3 +358,34 @@ def test_token_embeddings_are_the_graphs_rows_looked_up():
         np.testing.assert_array_equal(store.rows(Counting(), more, np.float32),
                                       session.run(["inputs_embeds"], {"input_ids": more})[0])
         assert calls[-1] == [7, 8, 9] and sorted(store.known) == [7, 8, 9]
+
+
+def test_row_activation_bits_reach_the_int8_decoders():
+    """row_activation_bits 7 and 8 load the same int8 files with different activation constants
+    (models/rowscale.py): the first step's logits differ, both stay close to fp32's from the same
+    encoder states, and 0 lets this CPU choose (models/cpu.py)."""
+    from edge_agent.models.cpu import u8s8_saturates
+    from edge_agent.models.errors import ModelSettingError
+
+    f32 = Florence2Engine(EngineOptions(model_dir=TINY, variant="", num_beams=1))
+    hidden, mask = _encoded(f32, 2)
+    start = np.full(2, 2, np.int64)
+    ref, _ = f32.runner.first(start, hidden, mask, max_length=8)
+    got, rel = {}, {}
+    for bits in (7, 8):
+        eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="_int8", num_beams=1, row_activation_bits=bits))
+        assert eng.info["row_activation_bits"] == bits
+        got[bits], _ = eng.runner.first(start, hidden, mask, max_length=8)
+        rel[bits] = float(np.linalg.norm(got[bits] - ref) / np.linalg.norm(ref))
+    print(f"first-step logits against fp32 (relative L2): 7-bit {rel[7]:.4f}, 8-bit {rel[8]:.4f}; "
+          f"u8s8 saturates on this CPU: {u8s8_saturates()}")
+    assert not np.array_equal(got[7], got[8])
+    assert rel[7] < 0.05, rel
+    if u8s8_saturates():
+        assert rel[8] > rel[7], rel  # AVX2 without VNNI: clipped pairs (0.16 against 0.023 on an AMD EPYC)
+    else:
+        assert rel[8] < 0.05, rel
+    auto = Florence2Engine(EngineOptions(model_dir=TINY, variant="_int8", num_beams=1))
+    assert auto.row_bits == (7 if u8s8_saturates() else 8)
+    with pytest.raises(ModelSettingError, match="row_activation_bits"):
+        Florence2Engine(EngineOptions(model_dir=TINY, variant="_int8", row_activation_bits=6))

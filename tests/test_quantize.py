@@ -15,6 +15,7 @@ from edge_agent.models.errors import ModelDirError, ModelSettingError
 from edge_agent.models.modeldir import FAST_PARTS, PARTS, VARIANTS, open_model_dir, verify
 from edge_agent.models.onnxmeta import read_graph_meta
 from edge_agent.models.quantize import quantize_dir
+from edge_agent.models.rowscale import activation_bits, add_overrides
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-florence2"
 
@@ -64,7 +65,9 @@ def feeds(sess, part, cfg, rng):
 
 
 def run(file, part, cfg):
-    sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    add_overrides(so, activation_bits())  # as the engine loads graphs on this CPU (models/rowscale.py)
+    sess = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds(sess, part, cfg, np.random.default_rng(0)))[0]
 
 

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.models.rowquant import quantize_rows
+from edge_agent.models.rowscale import activation_bits, add_overrides
 
 K, N = 64, 40
 
@@ -26,8 +27,19 @@ def matmul_model(w: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def session_with_bits(model, bits: int) -> ort.InferenceSession:
+    """A session whose per-row activations have `bits` bits, as the engine loads graphs."""
+    so = ort.SessionOptions()
+    add_overrides(so, bits)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+BITS = activation_bits()  # as the engine loads the graphs on this CPU: 7 where u8 x s8 saturates
+
+
 def session(model) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    """A session as the engine makes one on this CPU (the activations' bits: BITS)."""
+    return session_with_bits(model, BITS)
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +48,15 @@ def weights():
     return (rng.standard_normal((K, N)) * 0.1).astype(np.float32), rng.standard_normal(N).astype(np.float32)
 
 
-def numpy_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The arithmetic rowquant promises: symmetric int8 per row of x and per column of w."""
+def numpy_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray, bits: int = BITS) -> np.ndarray:
+    """The arithmetic rowquant promises: symmetric int8 per column of w, and per row of x symmetric
+    `bits`-bit activations."""
+    top = 2 ** (bits - 1) - 1
     xm = np.abs(x).max(-1, keepdims=True)
-    xq = np.rint(127 * x / xm)
+    xq = np.rint(top * x / xm)
     wm = np.abs(w).max(0)
     wq = np.rint(127 * w / wm)
-    return (xq @ wq) * (xm / 127) * (wm / 127) + bias
+    return (xq @ wq) * (xm / top) * (wm / 127) + bias
 
 
 def test_rows_are_quantized_each_with_its_own_scale(weights):
@@ -86,3 +100,40 @@ def test_a_graph_without_constant_matmuls_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
     with pytest.raises(ValueError, match="no MatMul with a constant 2-D weight"):
         quantize_rows(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_seven_bit_activations_never_clip_and_eight_clip_only_where_the_cpu_saturates():
+    """Every weight at its column's peak (int8 127) and positive activations: with 8-bit activations
+    each pair of products is over 32767, which x86 without VNNI clips (models/cpu.py); 7-bit ones
+    stay under it on every CPU."""
+    from edge_agent.models.cpu import int8_isa, u8s8_saturates
+
+    w = np.full((K, N), 0.05, np.float32)
+    model = quantize_rows(matmul_model(w, np.zeros(N, np.float32)))
+    x = np.random.default_rng(3).uniform(0.5, 1.0, (4, 1, K)).astype(np.float32)
+    exact = x @ w
+    errors = {}
+    for bits in (7, 8):
+        sess = session_with_bits(model, bits)
+        y, _ = sess.run(None, {"x": x})
+        errors[bits] = float(np.abs(y - exact).max() / np.abs(exact).max())
+    assert errors[7] < 0.02, errors
+    saturates = u8s8_saturates()
+    print(f"{int8_isa()}: u8s8 saturates: {saturates}; max relative error 7-bit {errors[7]:.4f}, 8-bit {errors[8]:.4f}")
+    if saturates:
+        assert errors[8] > 0.3, errors  # the hazard the 7-bit default avoids here
+    else:
+        assert errors[8] < 0.01, errors
+
+
+def test_overrides_match_what_quantize_rows_writes():
+    from edge_agent.models.rowscale import A_SCALE, X_SCALE, X_ZERO_POINT, activation_overrides
+
+    model = quantize_rows(matmul_model(np.eye(K, N, dtype=np.float32), np.zeros(N, np.float32)))
+    written = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name, value in activation_overrides(8).items():
+        assert written[name].dtype == value.dtype and written[name] == value, name
+    seven = activation_overrides(7)
+    assert seven[X_ZERO_POINT] == 64 and seven[X_SCALE] == np.float32(1 / 63) and seven[A_SCALE] == np.float32(127 / 63)
+    with pytest.raises(ValueError, match="7 or 8"):
+        activation_overrides(6)

@@ -172,15 +172,18 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
 
 
 def test_model_section_reaches_the_engine_options(tmp_path):
-    """[model] keys (decode_batch, threads, num_beams, max_new_tokens, mmap_threshold_kb) arrive in
+    """[model] keys (decode_batch, threads, num_beams, max_new_tokens, mmap_threshold_kb,
+    row_activation_bits) arrive in
     EngineOptions."""
     from edge_agent.model import build_engine
     from edge_agent.settings import load_settings
 
     cfg = tmp_path / "edge-agent.toml"
     cfg.write_text(f'[model]\ndir = "{MODEL}"\nvariant = ""\ndecode_batch = 3\nthreads = 1\n'
-                   'num_beams = 2\nmax_new_tokens = 40\nmmap_threshold_kb = 256\n')
+                   'num_beams = 2\nmax_new_tokens = 40\nmmap_threshold_kb = 256\nrow_activation_bits = 7\n')
     engine = build_engine(load_settings(cfg, env={"STATE_DIRECTORY": str(tmp_path / "state")}).model)
     o = engine.opts
-    assert (o.decode_batch, o.intra_op_threads, o.num_beams, o.max_new_tokens, o.mmap_threshold_kb) == (3, 1, 2, 40, 256)
+    assert (o.decode_batch, o.intra_op_threads, o.num_beams, o.max_new_tokens, o.mmap_threshold_kb,
+            o.row_activation_bits) == (3, 1, 2, 40, 256, 7)
+    assert engine.info["row_activation_bits"] == 7
     assert engine.info["variant"] == "fp32"
