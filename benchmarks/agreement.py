@@ -2,6 +2,7 @@
 
     python benchmarks/agreement.py MODEL_DIR [--variants int8,q4] [--image IMG ...] [--tile 768] [--tokens 256]
     python benchmarks/agreement.py /tmp/run/model --variants int8,q4 --image shelf384.jpg   # a trained model
+    python benchmarks/agreement.py MODEL_DIR --variants int8:8,int8:7   # the int8 decoders' activations at 8 and 7 bits
 
 Each image (default: the sample shelf, tests/fixtures/sample/shelf.jpg) is cut into tiles of --tile
 pixels (tiling.plan.plan_tiles, at most --max-tiles in all), and each tile runs `<OD>` and
@@ -16,6 +17,12 @@ pixels (tiling.plan.plan_tiles, at most --max-tiles in all), and each tile runs 
   echo of an earlier one.  Also printed: how often fp32's top-1 is within the variant's top-5,
   and the mean margin of fp32's top-1 over its top-2 where the two disagree (small margins are
   near ties, which any rounding flips).
+
+- **Errors against fp32** (relative L2, teacher-forced): the image features, the text encoder's
+  hidden states, the logits at each position, and the logits of the variant's decoder alone (fed
+  fp32's encoder states).  Unlike token agreement these mean something
+  on random weights too; they show where a variant's rounding (or an int8 kernel's clipping,
+  models/cpu.py) enters.
 
 Random weights make logits near ties everywhere, so their agreement is low whatever the
 quantizer; only a model that sees gives a meaningful number.  Not a test; no timings.
@@ -34,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from edge_agent.models.cpu import int8_isa  # noqa: E402
 from edge_agent.models.engine import EngineOptions, Florence2Engine  # noqa: E402
 from edge_agent.tiling.plan import plan_tiles  # noqa: E402
 from frame import agreement as free_agreement  # noqa: E402  (the frame benchmark's free-running agreement)
@@ -54,7 +62,11 @@ def load_tiles(image: Path, side: int, max_tiles: int) -> list[np.ndarray]:
 
 
 def engine_for(model: str, variant: str, tokens: int) -> Florence2Engine:
-    return Florence2Engine(EngineOptions(model_dir=model, variant=variant, num_beams=1, max_new_tokens=tokens))
+    """`variant`, or `variant:BITS` with the per-row decoders' activations at BITS (7 or 8;
+    EngineOptions.row_activation_bits; without it: chosen by this CPU)."""
+    name, _, bits = variant.partition(":")
+    return Florence2Engine(EngineOptions(model_dir=model, variant=name, num_beams=1, max_new_tokens=tokens,
+                                         row_activation_bits=int(bits or 0)))
 
 
 def free_running(engine: Florence2Engine, tiles) -> list[list[int]]:
@@ -62,10 +74,18 @@ def free_running(engine: Florence2Engine, tiles) -> list[list[int]]:
     return [list(o[t].token_ids) for o in out for t in TASKS]
 
 
-def forced_logits(engine: Florence2Engine, tiles, sequences: list[list[int]]) -> list[np.ndarray]:
-    """Per (tile, task) row: the logits [len(seq) - 1, V] at each prefix of the given sequence."""
-    feats = engine.image_features(list(tiles))
-    hidden, mask = engine.encode(feats, TASKS)
+def forced_logits(engine: Florence2Engine, tiles, sequences: list[list[int]], stages: dict | None = None,
+                  encoded: tuple | None = None) -> list[np.ndarray]:
+    """Per (tile, task) row: the logits [len(seq) - 1, V] at each prefix of the given sequence.
+    `stages`, if given, receives the image features and the encoder's hidden states; `encoded`
+    (hidden, mask), if given, replaces this engine's vision and encoder (its decoder alone)."""
+    if encoded is None:
+        feats = engine.image_features(list(tiles))
+        hidden, mask = engine.encode(feats, TASKS)
+        if stages is not None:
+            stages.update(features=np.array(feats, np.float32), hidden=np.array(hidden, np.float32), mask=mask)
+    else:
+        hidden, mask = encoded
     out = []
     for r, ids in enumerate(sequences):
         logits, cache = engine.runner.first(np.asarray(ids[:1], np.int64), hidden[r:r + 1], mask[r:r + 1], len(ids))
@@ -74,6 +94,24 @@ def forced_logits(engine: Florence2Engine, tiles, sequences: list[list[int]]) ->
             rows.append(np.array(engine.runner.step(np.asarray([tok], np.int64), cache)[0], np.float32))
         out.append(np.stack(rows))
     return out
+
+
+def rel_error(ref: np.ndarray, var: np.ndarray) -> float:
+    """Relative L2 error of var against ref."""
+    return float(np.linalg.norm((var - ref).ravel()) / max(np.linalg.norm(ref.ravel()), 1e-30))
+
+
+def logits_error(ref: list[np.ndarray], var: list[np.ndarray]) -> float:
+    """Mean over positions of the logits' relative L2 error."""
+    return float(np.mean([rel_error(r[i], v[i]) for r, v in zip(ref, var) for i in range(len(r))]))
+
+
+def stage_errors(ref_stages: dict, stages: dict) -> dict:
+    """Relative L2 errors against fp32: the image features, the encoder's hidden states (unmasked
+    positions)."""
+    keep = ref_stages["mask"].astype(bool)
+    return {"features": rel_error(ref_stages["features"], stages["features"]),
+            "hidden": rel_error(ref_stages["hidden"][keep], stages["hidden"][keep])}
 
 
 def forced_agreement(ref: list[np.ndarray], var: list[np.ndarray]) -> dict:
@@ -106,20 +144,31 @@ def main(argv=None) -> int:
     print(f"model {a.model}, {len(tiles)} tiles of {side} from {len(images)} image(s), tasks {','.join(TASKS)}, greedy, "
           f"up to {a.tokens} tokens")
     ref_seqs = free_running(fp32, tiles)
-    ref_logits = forced_logits(fp32, tiles, ref_seqs)
+    ref_stages: dict = {}
+    ref_logits = forced_logits(fp32, tiles, ref_seqs, ref_stages)
     own = np.mean(np.concatenate([r.argmax(1) == np.asarray(s[1:]) for r, s in zip(ref_logits, ref_seqs)]))
     print(f"fp32: {sum(len(s) for s in ref_seqs)} tokens in {len(ref_seqs)} sequences; its teacher-forced argmax "
           f"is its own next token at {100 * own:.1f}% of positions (the rest: tokens that generation's "
           f"processors chose); median top-1 margin {forced_agreement(ref_logits, ref_logits)['margin_median']:.2f}")
+    print(f"int8 instructions: {int8_isa()}; a variant:BITS row sets the int8 decoders' activation bits "
+          "(row_activation_bits), without it the CPU chooses")
     print("| variant | free-running tokens equal | common prefix | teacher-forced top-1 | fp32's top-1 in top-5 "
-          "| fp32 margin where they differ |")
-    print("|---|---|---|---|---|---|")
+          "| fp32 margin where they differ | error vs fp32: image features / encoder / logits / logits of its "
+          "decoder alone (relative L2) |")
+    print("|---|---|---|---|---|---|---|")
+    encoded = (ref_stages["hidden"], ref_stages["mask"])
     for name in [v for v in a.variants.split(",") if v]:
         eng = engine_for(a.model, name, a.tokens)
         tok, prefix = free_agreement(free_running(eng, tiles), ref_seqs)
-        f = forced_agreement(ref_logits, forced_logits(eng, tiles, ref_seqs))
-        print(f"| {name} | {100 * tok:.1f}% | {100 * prefix:.1f}% | {100 * f['top1']:.1f}% of {f['positions']} "
-              f"| {100 * f['in_top5']:.1f}% | {f['margin_where_differ']:.2f} |")
+        stages: dict = {}
+        var_logits = forced_logits(eng, tiles, ref_seqs, stages)
+        f = forced_agreement(ref_logits, var_logits)
+        e = stage_errors(ref_stages, stages)
+        alone = logits_error(ref_logits, forced_logits(eng, tiles, ref_seqs, encoded=encoded))
+        print(f"| {name} (activations {eng.row_bits}-bit) | {100 * tok:.1f}% | {100 * prefix:.1f}% "
+              f"| {100 * f['top1']:.1f}% of {f['positions']} | {100 * f['in_top5']:.1f}% "
+              f"| {f['margin_where_differ']:.2f} | {100 * e['features']:.2f}% / {100 * e['hidden']:.2f}% "
+              f"/ {100 * logits_error(ref_logits, var_logits):.2f}% / {100 * alone:.2f}% |")
         del eng
     return 0
 

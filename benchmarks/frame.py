@@ -76,6 +76,10 @@ VARIANTS = {
     # issue 17, session 11: the decoders as int8 had them until session 11, weight-only 8-bit
     # MatMulNBits (blocks of 32, accuracy_level 4; per-row int8 cross keys/values as now)
     "int8-nbits": ("_int8", {}, 768),
+    # issue 17, session 14: int8's per-row decoders with their activations at 8 and at 7 bits
+    # (row_activation_bits; "int8" lets the CPU choose: 7 on x86 without VNNI, models/cpu.py)
+    "int8-a8": ("_int8", {"row_activation_bits": 8}, 768),
+    "int8-a7": ("_int8", {"row_activation_bits": 7}, 768),
 }
 # contenders whose files live in a sibling folder of the exported model: name -> folder suffix
 FOLDERS = {"int8-dynamic": "-int8dyn", "int8-optimized": "-oc", "int8-nbits": "-nbits8"}

@@ -23,6 +23,10 @@ def test_bench_prints_stage_table_and_progress():
     assert r.exit_code == 0, r.output + str(r.exception)
     out = r.stdout
     assert "workload: 1920x1080 frame, 2 tiles at 768, <OD> 6 + <OCR_WITH_REGION> 3" in out
+    from edge_agent.models.cpu import int8_isa, u8s8_saturates
+
+    assert (f"int8 instructions: {int8_isa()}; int8 decoders' activations: "
+            f"{7 if u8s8_saturates() else 8}-bit") in out  # issue 17: the ISA and what it makes the engine do
     header = next(line for line in out.splitlines() if "vision s" in line)
     for col in ("preproc s", "reload s", "encoder s", "decode ms/step", "frame s", "peak RSS MB", "decode b2 od"):
         assert col in header
