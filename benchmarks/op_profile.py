@@ -103,7 +103,10 @@ def profile(path, make_feeds, runs: int, threads: int) -> tuple[float, collectio
     operator type: microseconds, nodes, multiply-accumulates (node_macs)."""
     import onnxruntime as ort
 
+    from edge_agent.models.rowscale import activation_bits, add_overrides
+
     so = ort.SessionOptions()
+    add_overrides(so, activation_bits())  # per-row int8 graphs as the engine loads them on this CPU
     so.log_severity_level = 3
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "edge_agent_op_profile")
