@@ -90,12 +90,13 @@ def bench(ctx, config, tiles, tokens, image, decode_probe, quick, as_json, **_):
     from edge_agent.models.cpu import int8_isa
 
     if as_json:
-        click.echo(json.dumps({"model": engine.info, "workload": work.describe(), "int8_isa": int8_isa(), **res}))
+        click.echo(json.dumps({"model": engine.info, "workload": work.describe(), "int8_isa": int8_isa(),
+                               "row_activation_bits": engine.row_bits, **res}))
         return
     click.echo(f"model: {engine.info['dir']} ({engine.info['variant']}, {', '.join(engine.info['providers'])})")
     click.echo(f"workload: {work.describe()}")
     click.echo(f"cpu: {os.cpu_count()} logical cores, int8 instructions: {int8_isa()}; int8 decoders' activations: "
-               f"{engine.info['row_activation_bits']}-bit")
+               f"{engine.row_bits}-bit")
     extra = (("decode_od_ms_step", f"decode b{work.tiles} od", "{:.1f}"),) if decode_probe else ()
     click.echo(format_table({f"edge-agent {engine.info['variant']}": res}, extra))
     click.echo(f"frame_s: {res['frame_s']:.2f}")

@@ -227,7 +227,7 @@ class Florence2Engine:
             fix_mmap_threshold(opts.mmap_threshold_kb * 1024)
         self.dir = open_model_dir(opts.model_dir, opts.variant)
         self.providers = resolve_providers(opts.providers)
-        try:
+        try:  # the per-row int8 decoders' activation bits on this CPU (`edge-agent bench` prints them)
             self.row_bits = activation_bits(opts.row_activation_bits)
         except ValueError as exc:
             raise ModelSettingError(f"row_activation_bits: {exc}") from None
@@ -336,7 +336,7 @@ class Florence2Engine:
     @property
     def info(self) -> dict:
         return {"name": self.dir.path.name, "variant": self.dir.label,
-                "dir": str(self.dir.path), "providers": list(self.providers), "row_activation_bits": self.row_bits,
+                "dir": str(self.dir.path), "providers": list(self.providers),
                 "num_beams": self.settings.num_beams, "max_new_tokens": self.settings.max_new_tokens}
 
     # -- stages ---------------------------------------------------------------------

@@ -47,6 +47,7 @@ def test_bench_json():
     from edge_agent.models.cpu import int8_isa
 
     assert data["int8_isa"] == int8_isa()  # the instruction set that decides int8's speed (issue 17)
+    assert data["row_activation_bits"] in (7, 8)
     for key in ("vision_s", "encoder_s", "decode_s", "frame_s", "peak_rss_mb"):
         assert data[key] > 0
     # the stages are the engine's own progress reports inside one engine.run: they add up to the frame

@@ -374,7 +374,7 @@ def test_row_activation_bits_reach_the_int8_decoders():
     got, rel = {}, {}
     for bits in (7, 8):
         eng = Florence2Engine(EngineOptions(model_dir=TINY, variant="_int8", num_beams=1, row_activation_bits=bits))
-        assert eng.info["row_activation_bits"] == bits
+        assert eng.row_bits == bits
         got[bits], _ = eng.runner.first(start, hidden, mask, max_length=8)
         rel[bits] = float(np.linalg.norm(got[bits] - ref) / np.linalg.norm(ref))
     print(f"first-step logits against fp32 (relative L2): 7-bit {rel[7]:.4f}, 8-bit {rel[8]:.4f}; "

@@ -185,5 +185,5 @@ def test_model_section_reaches_the_engine_options(tmp_path):
     o = engine.opts
     assert (o.decode_batch, o.intra_op_threads, o.num_beams, o.max_new_tokens, o.mmap_threshold_kb,
             o.row_activation_bits) == (3, 1, 2, 40, 256, 7)
-    assert engine.info["row_activation_bits"] == 7
+    assert engine.row_bits == 7
     assert engine.info["variant"] == "fp32"
