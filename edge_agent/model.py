@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from edge_agent.models.rowscale import BITS as ACTIVATION_BITS
 from edge_agent.models.variants import canonical
 
 TASKS = ("od", "ocr")
@@ -49,7 +50,7 @@ class ModelOptions:
         for key in ("threads", "num_beams", "decode_batch", "kv_cache_mb", "mmap_threshold_kb"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}: must be >= 0")
-        if self.row_activation_bits not in (0, 7, 8):
+        if self.row_activation_bits not in (0, *ACTIVATION_BITS):
             raise ValueError("row_activation_bits: must be 0 (by the CPU), 7 or 8")
         if not 0 < self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens: must be 1..{MAX_NEW_TOKENS} (Florence-2's decoder has "

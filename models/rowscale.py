@@ -15,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 X_SCALE, X_ZERO_POINT, A_SCALE = "rowq_inv127", "rowq_zp", "rowq_one"
+BITS = (7, 8)  # the activation widths a graph can be loaded with
 
 
 def activation_overrides(bits: int) -> dict[str, np.ndarray]:
     """The three constants' values for activations of `bits` bits (7 or 8).  s_W carries 1/127 of
     the activation's scale, so A_SCALE is 127 / (2 ** (bits - 1) - 1)."""
-    if bits not in (7, 8):
+    if bits not in BITS:
         raise ValueError(f"activation bits must be 7 or 8, not {bits!r}")
     top = 2 ** (bits - 1) - 1  # 127 or 63
     return {X_SCALE: np.array(1 / top, np.float32), X_ZERO_POINT: np.array(top + 1, np.uint8),
