@@ -19,10 +19,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from edge_agent.models.convint import add_conv_overrides
 from edge_agent.models.errors import InferenceError, ModelDirError, ModelError, ModelSettingError
 from edge_agent.models.generate import Generated, generate
 from edge_agent.models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
 from edge_agent.models.memory import advise_random, fix_mmap_threshold, trim_heap
+from edge_agent.models.onnxmeta import OnnxFormatError
 from edge_agent.models.outputs import TASKS, TaskOutput
 from edge_agent.models.rowscale import activation_bits, add_overrides
 from edge_agent.models.runners import BufferedRunner, DecoderRunner
@@ -140,6 +142,10 @@ def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: in
 
     so = ort.SessionOptions()
     add_overrides(so, row_bits)
+    try:
+        add_conv_overrides(so, path)  # int8 ConvInteger weights as the same integers in uint8
+    except (OSError, OnnxFormatError):
+        pass  # a file it cannot read: ONNX Runtime's own error below says why
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if opts.intra_op_threads:
         so.intra_op_num_threads = int(opts.intra_op_threads)

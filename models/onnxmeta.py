@@ -1,5 +1,6 @@
 """Read an ONNX file's graph inputs, outputs, nodes, operator types and initializer shapes
-without loading its weights, and without the `onnx` package (the runtime install lacks it).
+without loading its weights, and without the `onnx` package (the runtime install lacks it);
+`read_initializers` reads the values of the few initializers asked for.
 
 An ONNX file is one protobuf `ModelProto`.  We walk the wire format over an mmap and
 skip every length-delimited field we do not need (initializer bytes are never copied).
@@ -13,10 +14,14 @@ import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 # field numbers from onnx/onnx.proto
 _MODEL_OPSET_IMPORT, _MODEL_GRAPH = 8, 7
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 5, 11, 12
-_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL = 1, 2, 8, 13
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL = 1, 2, 8, 9, 13
+# the typed value fields: float_data, int32_data, int64_data, double_data -> how each value is stored
+_TENSOR_VALUES = {4: "<f4", 5: "varint", 7: "varint", 10: "<f8"}
 _NODE_INPUT, _NODE_OUTPUT, _NODE_NAME, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 _ATTR_G, _ATTR_GRAPHS = 6, 11
 _VI_NAME, _VI_TYPE = 1, 2
@@ -29,6 +34,10 @@ _DIM_VALUE, _DIM_PARAM = 1, 2
 DTYPE_NAMES = {0: "undefined", 1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
                7: "int64", 8: "string", 9: "bool", 10: "float16", 11: "double", 12: "uint32", 13: "uint64",
                14: "complex64", 15: "complex128", 16: "bfloat16", 21: "uint4", 22: "int4"}
+# data types read_initializers returns, and the typed field each keeps its values in without raw_data
+NUMPY_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
+                9: np.bool_, 10: np.float16, 11: np.float64}
+_VALUE_FIELD = {1: 4, 2: 5, 3: 5, 4: 5, 5: 5, 6: 5, 9: 5, 10: 5, 7: 7, 11: 10}
 
 
 class OnnxFormatError(ValueError):
@@ -69,6 +78,10 @@ class GraphMeta:
     # location -> bytes the file must hold (largest offset + length of the tensors stored there)
     external_sizes: dict[str, int] = field(default_factory=dict)
     op_types: set[str] = field(default_factory=set)  # every node's op_type, subgraphs (If branches) included
+    # name -> where its values lie: ("raw", start, end) in the .onnx file, ("values", field, items)
+    # for a typed field (its (wire, value or span) items), ("external", location, offset, length or
+    # None), or ("none",)
+    data: dict[str, tuple] = field(default_factory=dict)
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
@@ -87,7 +100,8 @@ def _varint(buf, pos: int) -> tuple[int, int]:
 
 
 def _fields(buf, start: int, end: int):
-    """Yield (field_number, wire_type, value_or_(start, end)) for one message's bytes."""
+    """Yield (field_number, wire_type, value_or_(start, end)) for one message's bytes: a varint's
+    value; the span of a length-delimited field's bytes or of a fixed 32- or 64-bit value."""
     pos = start
     while pos < end:
         key, pos = _varint(buf, pos)
@@ -96,6 +110,7 @@ def _fields(buf, start: int, end: int):
             val, pos = _varint(buf, pos)
             yield num, wire, val
         elif wire == 1:
+            yield num, wire, (pos, pos + 8)
             pos += 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
@@ -104,6 +119,7 @@ def _fields(buf, start: int, end: int):
             yield num, wire, (pos, pos + n)
             pos += n
         elif wire == 5:
+            yield num, wire, (pos, pos + 4)
             pos += 4
         else:
             raise OnnxFormatError(f"unsupported wire type {wire}")
@@ -180,7 +196,7 @@ def _external(buf, span) -> dict[str, str]:
 
 
 def _initializer(buf, span, meta: GraphMeta) -> tuple[str, int, tuple[int, ...]]:
-    name, dtype, dims, ext = "", 0, [], {}
+    name, dtype, dims, ext, raw, values = "", 0, [], {}, None, {}
     for num, wire, val in _fields(buf, *span):
         if num == _TENSOR_EXTERNAL and wire == 2:
             ext.update(_external(buf, val))
@@ -195,14 +211,27 @@ def _initializer(buf, span, meta: GraphMeta) -> tuple[str, int, tuple[int, ...]]
             dtype = val
         elif num == _TENSOR_NAME and wire == 2:
             name = _text(buf, val)
+        elif num == _TENSOR_RAW_DATA and wire == 2:
+            raw = val
+        elif num in _TENSOR_VALUES:
+            values.setdefault(num, []).append((wire, val))
     location = ext.get("location")
     if location:
         meta.external_files.add(location)
         try:
-            end = int(ext.get("offset", 0) or 0) + int(ext["length"])
+            length = int(ext["length"])
+            end = int(ext.get("offset", 0) or 0) + length
         except (KeyError, ValueError):
-            end = 0  # no length recorded: the reader takes the rest of the file
+            length, end = None, 0  # no length recorded: the reader takes the rest of the file
         meta.external_sizes[location] = max(meta.external_sizes.get(location, 0), end)
+        meta.data[name] = ("external", location, int(ext.get("offset", 0) or 0), length)
+    elif raw is not None:
+        meta.data[name] = ("raw", *raw)
+    elif values:
+        num = next(iter(values))
+        meta.data[name] = ("values", num, tuple(values[num]))
+    else:
+        meta.data[name] = ("none",)
     return name, dtype, tuple(dims)
 
 
@@ -267,3 +296,62 @@ def missing_external_data(path, meta: GraphMeta | None = None) -> str | None:
         if have < need:
             return f"its weights file {location} is truncated: {have} bytes, the graph needs {need}"
     return None
+
+
+def read_initializers(path, names, meta: GraphMeta | None = None) -> dict[str, np.ndarray]:
+    """The values of the named top-level initializers of an .onnx file, as numpy arrays of their
+    shapes (from raw_data, a typed field such as float_data or int32_data, or their external-data
+    file), reading only their bytes.
+    OnnxFormatError names a tensor that is missing, of a type not read here, or short of values."""
+    path = Path(path)
+    meta = meta if meta is not None else read_graph_meta(path)
+    out = {}
+    with open(path, "rb") as f:
+        for name in names:
+            if name not in meta.initializers:
+                raise OnnxFormatError(f"no initializer {name!r}")
+            dtype, dims = meta.initializers[name]
+            kind, *where = meta.data[name]
+            np_dtype = NUMPY_DTYPES.get(dtype)
+            if np_dtype is None or (kind == "values" and _VALUE_FIELD.get(dtype) != where[0]):
+                raise OnnxFormatError(f"initializer {name!r}: cannot read {DTYPE_NAMES.get(dtype, dtype)} values")
+            if kind == "raw":
+                f.seek(where[0])
+                a = np.frombuffer(f.read(where[1] - where[0]), np_dtype)
+            elif kind == "external":
+                location, offset, length = where
+                with open(path.parent / location, "rb") as data:
+                    data.seek(offset)
+                    a = np.frombuffer(data.read(-1 if length is None else length), np_dtype)
+            elif kind == "values":
+                a = _typed_values(f, *where, name, dtype)
+            else:
+                a = np.zeros(0, np_dtype)
+            count = int(np.prod(dims, dtype=np.int64))
+            if a.size != count:
+                raise OnnxFormatError(f"initializer {name!r}: {a.size} values for shape {list(dims)}")
+            out[name] = a.reshape(dims)
+    return out
+
+
+def _typed_values(f, num: int, items: tuple, name: str, dtype: int) -> np.ndarray:
+    """A tensor's values from its typed field `num` (items: (wire, value or span), packed or not)."""
+    ints, chunks = [], []
+    for wire, val in items:
+        if wire == 0:
+            ints.append(val)
+            continue
+        f.seek(val[0])
+        chunk = f.read(val[1] - val[0])
+        if _TENSOR_VALUES[num] != "varint":
+            chunks.append(chunk)  # packed or single fixed-width values
+            continue
+        pos = 0
+        while pos < len(chunk):
+            v, pos = _varint(chunk, pos)
+            ints.append(v)
+    if _TENSOR_VALUES[num] != "varint":
+        return np.frombuffer(b"".join(chunks), _TENSOR_VALUES[num]).astype(NUMPY_DTYPES[dtype])
+    if dtype == 10:  # float16 keeps its bits in int32_data
+        return np.array(ints, np.uint16).view(np.float16)
+    return np.array([_signed(v) for v in ints], np.int64).astype(NUMPY_DTYPES[dtype])

@@ -193,9 +193,12 @@ def check_session(file: Path) -> None:
     an operator this onnxruntime lacks, or weights it cannot read, fail here."""
     import onnxruntime as ort
 
+    from edge_agent.models.convint import add_conv_overrides
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     try:
+        add_conv_overrides(so, file)  # as the engine loads it (models/convint.py)
         session = ort.InferenceSession(str(file), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
