@@ -10,6 +10,8 @@ the engine binds them (models/runners.py BufferedRunner: each present.* output w
 past/cross input's buffer, so GroupQueryAttention appends in place instead of copying the cache),
 random inputs, `--rows` rows, `--past` past tokens, cross-attention over `--encoder` positions.
 --part vision: `vision_encoder{variant}.onnx` on one random tile at the graph's side.
+Graphs load as the engine loads them; `--as-written` leaves out what it changes at load (the
+per-row decoders' activation bits; int8 ConvInteger weights passed as uint8), to measure it.
 
 --part gemm: this CPU's ceilings, no model needed: one large int8 matmul (DynamicQuantizeMatMul,
 as the int8 vision tower's linear layers run) and one fp32 MatMul, 2304 x 1024 x 4096, and one
@@ -96,17 +98,22 @@ def step_feeds(session, rows: int, past: int, encoder: int, rng) -> tuple[dict, 
     return feeds, shared
 
 
-def profile(path, make_feeds, runs: int, threads: int) -> tuple[float, collections.Counter, collections.Counter,
-                                                                collections.Counter]:
+def profile(path, make_feeds, runs: int, threads: int, as_written: bool = False) -> tuple[
+        float, collections.Counter, collections.Counter, collections.Counter]:
     """path: an .onnx file, or a serialized model (bytes).  make_feeds(session) -> (feeds, shared):
     shared maps an output to the input whose buffer it writes.  -> seconds per run, and per run by
-    operator type: microseconds, nodes, multiply-accumulates (node_macs)."""
+    operator type: microseconds, nodes, multiply-accumulates (node_macs).  The graph is loaded as
+    the engine loads it (below) unless `as_written`."""
     import onnxruntime as ort
 
+    from edge_agent.models.convint import add_conv_overrides
     from edge_agent.models.rowscale import activation_bits, add_overrides
 
     so = ort.SessionOptions()
-    add_overrides(so, activation_bits())  # per-row int8 graphs as the engine loads them on this CPU
+    if not as_written:
+        add_overrides(so, activation_bits())  # per-row int8 graphs as the engine loads them on this CPU
+        if not isinstance(path, bytes):
+            add_conv_overrides(so, path)  # int8 ConvInteger weights passed as uint8 (models/convint.py)
     so.log_severity_level = 3
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "edge_agent_op_profile")
@@ -184,6 +191,9 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=0, help="default: 100 for step, 3 for vision, 10 for gemm")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--as-written", action="store_true",
+                    help="load the graph as the file has it, without what the engine changes at load (the per-row "
+                         "decoders' activation bits, models/rowscale.py; ConvInteger weights as uint8, models/convint.py)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     if args.part == "gemm":
@@ -217,7 +227,8 @@ def main(argv=None) -> None:
         runs = args.runs or 3
     if not path.is_file():
         raise SystemExit(f"{path}: file missing")
-    report(f"{path.name}, {what}", *profile(path, make_feeds, runs, args.threads), args.top)
+    what += ", as written" if args.as_written else ""
+    report(f"{path.name}, {what}", *profile(path, make_feeds, runs, args.threads, args.as_written), args.top)
 
 
 if __name__ == "__main__":
