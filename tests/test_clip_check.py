@@ -1,22 +1,15 @@
 """benchmarks/clip_check.py's exact twin computes the integers a u8 x s8 kernel may clip, and its
 count of clip-prone weight pairs is what it says."""
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.models.cpu import u8s8_saturates
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import clip_check as cc  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "clip_check.py"
-
-
-def _clip_check():
-    spec = importlib.util.spec_from_file_location("clip_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from edge_agent.models.cpu import u8s8_saturates  # noqa: E402
 
 def matmul_integer(w: np.ndarray, with_zero_point: bool):
     ins = ["a", "w", "a_zp", "w_zp"] if with_zero_point else ["a", "w", "a_zp"]
@@ -30,7 +23,6 @@ def matmul_integer(w: np.ndarray, with_zero_point: bool):
 
 
 def test_twin_is_exact_where_the_graph_as_written_clips():
-    cc = _clip_check()
     w = np.full((64, 8), 127, np.int8)
     a = np.full((2, 64), 255, np.uint8)
     exact = (a.astype(np.int64) - 128) @ w.astype(np.int64)
@@ -42,7 +34,6 @@ def test_twin_is_exact_where_the_graph_as_written_clips():
 
 
 def test_clip_prone_pairs_counts_same_sign_pairs_over_128():
-    cc = _clip_check()
     w = np.zeros((4, 3), np.int8)
     w[0:2, 0] = (100, 29)  # 129, same sign: prone
     w[2:4, 0] = (100, -100)  # opposite signs: not
