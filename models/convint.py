@@ -48,11 +48,11 @@ def _convertible(meta: GraphMeta) -> list[str]:
         for i, name in enumerate(node.input):
             if name:
                 readers[name].add((node.op_type, i))
-    outputs = {o.name for o in meta.outputs}
+    io = {t.name for t in meta.inputs + meta.outputs}  # an initializer that is also a graph input can be fed
     convs = [n for n in meta.nodes if n.op_type == "ConvInteger"]
     names = {n.input[i] for n in convs for i in (1, 3) if len(n.input) > i and n.input[i]
              and meta.initializers.get(n.input[i], (0,))[0] == INT8 and readers[n.input[i]] == {("ConvInteger", i)}
-             and n.input[i] not in outputs}
+             and n.input[i] not in io}
     changed = True
     while changed:  # a node converts its weight and its zero point together, or neither
         changed = False

@@ -315,18 +315,21 @@ def read_initializers(path, names, meta: GraphMeta | None = None) -> dict[str, n
             np_dtype = NUMPY_DTYPES.get(dtype)
             if np_dtype is None or (kind == "values" and _VALUE_FIELD.get(dtype) != where[0]):
                 raise OnnxFormatError(f"initializer {name!r}: cannot read {DTYPE_NAMES.get(dtype, dtype)} values")
-            if kind == "raw":
-                f.seek(where[0])
-                a = np.frombuffer(f.read(where[1] - where[0]), np_dtype)
-            elif kind == "external":
-                location, offset, length = where
-                with open(path.parent / location, "rb") as data:
-                    data.seek(offset)
-                    a = np.frombuffer(data.read(-1 if length is None else length), np_dtype)
-            elif kind == "values":
-                a = _typed_values(f, *where, name, dtype)
-            else:
-                a = np.zeros(0, np_dtype)
+            try:
+                if kind == "raw":
+                    f.seek(where[0])
+                    a = np.frombuffer(f.read(where[1] - where[0]), np_dtype)
+                elif kind == "external":
+                    location, offset, length = where
+                    with open(path.parent / location, "rb") as data:
+                        data.seek(offset)
+                        a = np.frombuffer(data.read(-1 if length is None else length), np_dtype)
+                elif kind == "values":
+                    a = _typed_values(f, *where, dtype)
+                else:
+                    a = np.zeros(0, np_dtype)
+            except ValueError as exc:  # bytes that are not a whole number of values
+                raise OnnxFormatError(f"initializer {name!r}: {exc}") from None
             count = int(np.prod(dims, dtype=np.int64))
             if a.size != count:
                 raise OnnxFormatError(f"initializer {name!r}: {a.size} values for shape {list(dims)}")
@@ -334,7 +337,7 @@ def read_initializers(path, names, meta: GraphMeta | None = None) -> dict[str, n
     return out
 
 
-def _typed_values(f, num: int, items: tuple, name: str, dtype: int) -> np.ndarray:
+def _typed_values(f, num: int, items: tuple, dtype: int) -> np.ndarray:
     """A tensor's values from its typed field `num` (items: (wire, value or span), packed or not)."""
     ints, chunks = [], []
     for wire, val in items:

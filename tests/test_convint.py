@@ -62,6 +62,21 @@ def test_read_initializers_match_onnx(int8_dir):
         read_initializers(int8_dir / "onnx" / "vision_encoder_int8.onnx", ["nope"])
 
 
+def test_unreadable_values_are_one_error_naming_the_tensor(tmp_path):
+    """raw bytes that are not a whole number of values, and a type not read here."""
+    bad = TensorProto(name="odd", data_type=TensorProto.INT32, dims=[2], raw_data=b"\x01\x00\x00\x00\x02")
+    text = helper.make_tensor("words", TensorProto.STRING, [1], vals=[b"a"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [bad, text])
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    with pytest.raises(OnnxFormatError, match="initializer 'odd'"):
+        read_initializers(path, ["odd"])
+    with pytest.raises(OnnxFormatError, match="initializer 'words': cannot read string values"):
+        read_initializers(path, ["words"])
+
+
 def test_every_int8_conv_weight_becomes_the_uint8_128_above(vision):
     model = onnx.load(str(vision))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
