@@ -86,7 +86,8 @@ def optimize_cmd(model_dir, int8):
     """Build edge-agent's fast decoder from DIR's fp32 decoder_model_merged (a download).
 
     Writes onnx/decoder_cross_kv.onnx and onnx/decoder_step.onnx (numpy and onnx, no torch), after
-    checking their first-step logits against the merged graph's, and their int8 versions."""
+    checking their first-step logits against the merged graph's, and their int8 versions.  Then
+    rewrites the depthwise convolutions of DIR's int8 vision encoders in fp32, in place."""
     _require("onnx", "pull")
     from edge_agent.models.modeldir import graph_bytes, verify
     from edge_agent.models.optimize import optimize_dir
@@ -94,7 +95,8 @@ def optimize_cmd(model_dir, int8):
     written = optimize_dir(model_dir, int8)
     for path in written:
         click.echo(f"wrote {path} ({graph_bytes(path) / 1e6:.1f} MB)")
-    for v in sorted({p.stem.split("decoder_step")[1] for p in written if p.stem.startswith("decoder_step")}):
+    for v in sorted({p.stem.split(part)[1] for p in written for part in ("decoder_step", "vision_encoder")
+                     if p.stem.startswith(part)}):
         _echo_lines(verify(model_dir, v or "fp32"))
 
 

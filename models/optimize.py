@@ -21,6 +21,11 @@ Before anything is written, the fast graphs' first-step logits are checked again
 graph's on the same random inputs (ONNX Runtime, both fp32).  Then the fp32 graphs are written,
 and the project's int8 ones (models/quantize.py) when the folder has an int8 variant or when
 asked.
+
+Then each dynamically quantized vision encoder of the folder (onnx-community's `_int8`, `_uint8`,
+`_quantized`) gets its depthwise convolutions back in fp32 (models/dwconv.py), in place: the
+rewritten graph's features are checked against the download's on one random image first
+(VISION_RTOL), and a graph with none is left as it is, so running optimize twice changes nothing.
 """
 from __future__ import annotations
 
@@ -40,6 +45,10 @@ log = logging.getLogger(__name__)
 PRESENT = re.compile(r"present\.(\d+)\.(decoder|encoder)\.(key|value)$")
 PASS_THROUGH = ("Add", "Reshape", "Transpose", "Identity", "Cast")
 PARITY_RTOL = 1e-3  # max |logit difference| / max |logit|: both sides are fp32 ORT
+# relative L2 distance allowed between a vision encoder's features before and after models/dwconv.py:
+# the download's own 8-bit rounding puts it 3-5% from fp32 (base, random weights), a wrong weight,
+# scale or bias 100% or more
+VISION_RTOL = 0.25
 
 
 class _Graph:
@@ -258,13 +267,79 @@ def check_parity(merged_path: Path, cross, step, heads: int, seed: int = 0) -> f
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-9))
 
 
-def optimize_dir(path, int8: bool | None = None) -> list[Path]:
-    """Write DIR/onnx/decoder_cross_kv.onnx and decoder_step.onnx from DIR/onnx/decoder_model_merged.onnx,
-    then (int8=True, or None and the folder has an _int8 variant) their _int8 versions.  Returns the
-    files written.  ModelDirError naming the file when the graph does not fit."""
+def _replace(graph, dst: Path) -> None:
+    """Write graph (an onnx ModelProto) aside under dst's name, then move it into place (external
+    data first, graph last)."""
+    from edge_agent.models.export import save_onnx
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".optimize-", dir=dst.parent))
+    try:
+        save_onnx(graph, tmp_dir / dst.name)
+        for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dst.name):
+            os.replace(f, dst.parent / f.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _features(model_or_path, side: tuple[int, int], seed: int = 0) -> np.ndarray:
+    import onnxruntime as ort
+
+    from edge_agent.models.convint import add_conv_overrides
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if isinstance(model_or_path, Path):
+        add_conv_overrides(so, model_or_path)
+        src = str(model_or_path)
+    else:
+        src = model_or_path.SerializeToString()
+    session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    dtype = np.float16 if "float16" in feed.type else np.float32
+    x = np.random.default_rng(seed).standard_normal((1, 3, *side)).astype(dtype)
+    return session.run(None, {feed.name: x})[0].astype(np.float64)
+
+
+def optimize_vision(path, rtol: float = VISION_RTOL) -> list[Path]:
+    """Rewrite DIR/onnx/vision_encoder*.onnx's depthwise ConvInteger as fp32 Conv (models/dwconv.py),
+    in place, after checking the features against the graph as it was: relative L2 distance under
+    rtol.  Returns the
+    files written; ModelDirError naming the file, with nothing written, when the check fails."""
     import onnx
 
-    from edge_agent.models.export import save_onnx
+    from edge_agent.models.dwconv import float_depthwise
+    from edge_agent.models.preprocess import PreprocessConfig
+
+    root = Path(path).expanduser()
+    side = PreprocessConfig.from_dir(root).size
+    written = []
+    for src in sorted((root / "onnx").glob("vision_encoder*.onnx")):
+        try:
+            model = onnx.load(str(src))
+        except Exception as exc:
+            raise ModelDirError(f"{src}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        n = float_depthwise(model)
+        if not n:
+            continue
+        want, got = _features(src, side), _features(model, side)
+        err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
+        if not err < rtol:
+            raise ModelDirError(f"{src}: its {n} depthwise convolutions in fp32 change the image features by "
+                                f"{err:.1%} (relative L2, limit {rtol:.0%}); nothing written")
+        log.info("%s: %d depthwise ConvInteger -> fp32 Conv; features %.2f%% from the graph as it was", src.name, n,
+                 100 * err)
+        _replace(model, src)
+        written.append(src)
+    return written
+
+
+def optimize_dir(path, int8: bool | None = None) -> list[Path]:
+    """Write DIR/onnx/decoder_cross_kv.onnx and decoder_step.onnx from DIR/onnx/decoder_model_merged.onnx,
+    then (int8=True, or None and the folder has an _int8 variant) their _int8 versions, then
+    optimize_vision.  Returns the files written.  ModelDirError naming the file when a graph does
+    not fit."""
+    import onnx
+
     from edge_agent.models.export_step import CROSS_PART, STEP_PART, build_cross_kv, build_step
     from edge_agent.models.modeldir import read_json
 
@@ -295,20 +370,13 @@ def optimize_dir(path, int8: bool | None = None) -> list[Path]:
     out = root / "onnx"
     written = []
     for part, graph in ((CROSS_PART, cross), (STEP_PART, step)):
-        dst = out / f"{part}.onnx"
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".optimize-", dir=out))
-        try:  # written aside under the final name, moved into place (external data first, graph last)
-            save_onnx(graph, tmp_dir / dst.name)
-            for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dst.name):
-                os.replace(f, out / f.name)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        written.append(dst)
+        _replace(graph, out / f"{part}.onnx")
+        written.append(out / f"{part}.onnx")
     if int8 is None:
         int8 = (out / "decoder_model_merged_int8.onnx").is_file()
     if int8:
         from edge_agent.models.quantize import quantize_dir
 
         written += quantize_dir(root, "int8", parts=(CROSS_PART, STEP_PART))
-    return written
+    return written + optimize_vision(root)
 
