@@ -321,6 +321,7 @@ def optimize_vision(path, rtol: float = VISION_RTOL) -> list[Path]:
         n = float_depthwise(model)
         if not n:
             continue
+        before = _external_files(src)
         want, got = _features(src, side), _features(model, side)
         err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
         if not err < rtol:
@@ -329,8 +330,20 @@ def optimize_vision(path, rtol: float = VISION_RTOL) -> list[Path]:
         log.info("%s: %d depthwise ConvInteger -> fp32 Conv; features %.2f%% from the graph as it was", src.name, n,
                  100 * err)
         _replace(model, src)
+        for stale in before - _external_files(src):  # the graph was external data, now it is inline
+            if stale.name.startswith(src.name):  # its own file (NAME.onnx_data), shared by no other graph
+                stale.unlink(missing_ok=True)
         written.append(src)
     return written
+
+
+def _external_files(path: Path) -> set[Path]:
+    """The external-data files that graph `path` points to."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {path.parent / e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}
 
 
 def optimize_dir(path, int8: bool | None = None) -> list[Path]:

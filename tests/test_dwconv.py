@@ -18,6 +18,7 @@ import onnx_community  # noqa: E402
 
 from edge_agent.models.dwconv import float_depthwise  # noqa: E402
 from edge_agent.models.errors import ModelDirError  # noqa: E402
+from edge_agent.models.preprocess import PreprocessConfig  # noqa: E402
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -135,7 +136,6 @@ def depthwise_convinteger(path: Path) -> int:
 
 def test_optimize_vision_on_the_tiny_download(tmp_path, community):
     from edge_agent.models.optimize import optimize_vision
-    from edge_agent.models.preprocess import PreprocessConfig
 
     d = tmp_path / "m"
     shutil.copytree(community, d)
@@ -157,6 +157,25 @@ def test_optimize_vision_on_the_tiny_download(tmp_path, community):
         assert not np.array_equal(after, was)  # the depthwise activations are no longer rounded
     assert optimize_vision(d) == []  # nothing left to rewrite: files untouched
     assert not list((d / "onnx").glob(".optimize-*"))
+
+
+def test_a_graph_with_external_data_loses_its_stale_data_file(tmp_path, community):
+    """A vision encoder stored with external data comes back inline (small enough), and its old
+    data file goes; another graph's external data stays."""
+    from edge_agent.models.optimize import optimize_vision
+
+    d = tmp_path / "m"
+    shutil.copytree(community, d, ignore=shutil.ignore_patterns("*_uint8*"))
+    src = d / "onnx" / "vision_encoder_int8.onnx"
+    onnx.save(onnx.load(str(src)), str(src), save_as_external_data=True, location=src.name + "_data", size_threshold=0)
+    assert (d / "onnx" / "vision_encoder_int8.onnx_data").is_file()
+    others = sorted(p.name for p in (d / "onnx").glob("*_data"))
+    assert optimize_vision(d) == [src]
+    assert not (d / "onnx" / "vision_encoder_int8.onnx_data").exists()
+    assert sorted(p.name for p in (d / "onnx").glob("*_data")) == [n for n in others if n != src.name + "_data"]
+    assert depthwise_convinteger(src) == 0
+    side = PreprocessConfig.from_dir(d).size
+    assert np.isfinite(features(src, np.random.default_rng(6).standard_normal((1, 3, *side)).astype(np.float32))).all()
 
 
 def test_the_engine_runs_the_rewritten_download(tmp_path, community):
