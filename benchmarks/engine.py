@@ -18,7 +18,6 @@ import json
 import shutil
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from edge_agent.bench import peak_rss_mb  # noqa: E402  (VmHWM: a child's own peak, not its parent's)
 
 
 def parse_args(argv=None):
@@ -60,10 +60,6 @@ def synthetic_tiles(n: int) -> list[np.ndarray]:
         base = np.stack([(xx * (i + 1)) % 256, (yy * (i + 2)) % 256, (xx + yy + 40 * i) % 256], -1)
         tiles.append(np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8))
     return tiles
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def timed(fn, *a, **kw):

@@ -3,17 +3,16 @@
     python benchmarks/engine_memory_probe.py '{"shared_arena": false}'   # EngineOptions overrides as JSON
 """
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_agent.models.engine import EngineOptions, Florence2Engine
-from edge_agent.bench import synthetic_shelf, frame_tiles, FrameWorkload, task_settings
+from edge_agent.bench import synthetic_shelf, frame_tiles, FrameWorkload, peak_rss_mb, task_settings
 from edge_agent.models.generate import generate
 from edge_agent.models.preprocess import preprocess
 kw = json.loads(sys.argv[1])
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss = peak_rss_mb
 eng = Florence2Engine(EngineOptions(model_dir="/tmp/perf/florence2-base-seed0", variant="_int8", num_beams=1, max_new_tokens=512, **kw))
 r0 = rss()
 work = FrameWorkload(od_tokens=64, ocr_tokens=32)

@@ -95,6 +95,17 @@ def frame_tiles(frame: np.ndarray, work: FrameWorkload) -> list[np.ndarray]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: Linux's VmHWM, which starts again at exec.
+    getrusage's ru_maxrss (the fallback elsewhere) keeps the parent's peak across fork and exec,
+    so a benchmark's child started by a large parent (one that exported or quantized a model)
+    reported the parent's peak as its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -101,3 +101,26 @@ def test_bench_measures_what_run_returns():
     outs = engine.run(frame_tiles(frame, work), ("od", "ocr"), settings=task_settings(engine, work))
     assert res["token_ids"] == [list(o[t].token_ids) for o in outs for t in ("od", "ocr")]
     assert [len(ids) for ids in res["token_ids"]] == [1 + work.od_tokens, 1 + work.ocr_tokens] * work.tiles
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A child started by a process that has touched 600 MB reports its own peak: getrusage's
+    ru_maxrss carries the parent's across fork and exec on Linux (benchmarks/variants.py's first
+    run reported its preparation's 3.3 GB as every mix's peak)."""
+    import subprocess
+
+    import pytest
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc/self/status here: peak_rss_mb falls back to ru_maxrss")
+    parent = ("import subprocess, sys\n"
+              "a = bytearray(600 * 2**20)\n"
+              "a[::4096] = b'\\x01' * len(a[::4096])\n"
+              "code = 'import resource; from edge_agent.bench import peak_rss_mb; "
+              "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)'\n"
+              "print(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout)\n")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    own, maxrss = float(out[0]), float(out[1])
+    print(f"child's peak: {own:.0f} MB (VmHWM); its ru_maxrss: {maxrss:.0f} MB")
+    assert 0 < own < 300, (own, maxrss)
