@@ -2,6 +2,7 @@
 
     python benchmarks/variants.py                       # prepare (once) and measure the default mixes
     python benchmarks/variants.py --mixes int8,vision_encoder=fp32,int8 --tiles 1 --tokens 64,32
+    python benchmarks/variants.py --optimize --mixes int8   # the download after `edge-agent models optimize`
 
 Model: Florence-2 base architecture with random weights (seed 0), exported once by
 `models export --random-config base`, then only its four onnx-community parts are kept and
@@ -11,6 +12,10 @@ quantizers with transformers.js scripts/quantize.py's settings): `_int8` (ConvIn
 (its peak RSS is its own): load, a warm-up, then the frame workload (edge_agent.bench) with
 `--tiles` tiles of the dense-1080p frame and forced token counts.  The load average is printed
 before and after: this machine is shared, so compare ratios within one run, not across runs.
+
+`--optimize` measures the folder as a user has it after `edge-agent models optimize` (the fast
+decoder built from the fp32 merged decoder, the quantized vision encoders' depthwise convolutions in
+fp32; models/optimize.py): a sibling folder, workdir/community-optimized, built once.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--tiles", type=int, default=1)
     p.add_argument("--tokens", default="64,32", help="forced <OD>,<OCR_WITH_REGION> new tokens")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--optimize", action="store_true", help="measure the folder after `models optimize`")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -78,6 +84,25 @@ def prepare(workdir: Path) -> Path:
     return out
 
 
+def optimized(community: Path) -> Path:
+    """community-optimized beside `community`: its files (hard links; external data copied), then
+    `models optimize` (built once)."""
+    from frame import _sibling  # benchmarks/frame.py
+
+    from edge_agent.models.optimize import optimize_dir
+
+    out = community.parent / "community-optimized"
+    if not (out / "onnx" / "decoder_step.onnx").is_file():
+        _sibling(community, out, lambda name: False)
+        print("models optimize ...", file=sys.stderr, flush=True)
+        optimize_dir(out)
+    return out
+
+
+def folder(args) -> Path:
+    return Path(args.workdir) / ("community-optimized" if args.optimize else "community")
+
+
 def child(args) -> dict:
     sys.modules["torch"] = None  # as on the device
     from edge_agent.bench import FrameWorkload, StageClock, measure_engine, peak_rss_mb, warm_up
@@ -88,7 +113,7 @@ def child(args) -> dict:
     work = FrameWorkload(tiles=args.tiles, od_tokens=od, ocr_tokens=ocr)
     clock = StageClock()
     t = time.perf_counter()
-    eng = Florence2Engine(EngineOptions(model_dir=Path(args.workdir) / "community", variant=args.child, num_beams=1,
+    eng = Florence2Engine(EngineOptions(model_dir=folder(args), variant=args.child, num_beams=1,
                                         max_new_tokens=max(od, ocr), intra_op_threads=args.threads, progress=clock))
     load_s = time.perf_counter() - t
     frame = load_frame(work)
@@ -106,6 +131,8 @@ def main(argv=None) -> None:
         return
     workdir = Path(args.workdir)
     d = prepare(workdir)
+    if args.optimize:
+        d = optimized(d)
     from edge_agent.models.modeldir import graph_bytes, open_model_dir
 
     print(f"model: {d} (Florence-2 base architecture, random weights); {args.tiles} tile(s), tokens {args.tokens}")
@@ -113,10 +140,11 @@ def main(argv=None) -> None:
     rows = []
     for mix in mixes(args):
         md = open_model_dir(d, mix)
-        size = sum(graph_bytes(md.onnx_path(p)) for p in ("vision_encoder", "embed_tokens", "encoder_model",
-                                                         "decoder_model_merged"))
+        decoder = md.fast_decoder_paths() or (md.onnx_path("decoder_model_merged"),)  # what the engine loads
+        size = sum(graph_bytes(p) for p in [md.onnx_path(p) for p in ("vision_encoder", "embed_tokens", "encoder_model")]
+                   + list(decoder))
         cmd = [sys.executable, __file__, "--workdir", str(workdir), "--tiles", str(args.tiles), "--tokens", args.tokens,
-               "--threads", str(args.threads), "--child", mix]
+               "--threads", str(args.threads), "--child", mix] + (["--optimize"] if args.optimize else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
