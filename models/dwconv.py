@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 
-CHAIN = ("Cast", "Mul")  # after ConvInteger; then an optional Add of the bias
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
@@ -62,7 +61,12 @@ class _Graph:
             return self.const(node.input[0])
         if node.op_type == "Reshape":
             value, shape = self.const(node.input[0]), self.const(node.input[1])
-            return None if value is None or shape is None else value.reshape(shape)
+            if value is None or shape is None or 0 in shape:  # ONNX's 0 (copy a dimension) is not numpy's
+                return None
+            try:
+                return value.reshape(shape)
+            except ValueError:
+                return None
         return None
 
     def only_reader(self, name: str, op_type: str):
