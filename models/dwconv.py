@@ -139,7 +139,8 @@ def _sweep(g: _Graph) -> None:
                 if not any(o in g.readers or o in g.outputs for o in n.output if o)]
         if not dead:
             break
-        keep = [n for n in g.graph.node if all(n is not d for d in dead)]
+        gone = {id(n) for n in dead}
+        keep = [n for n in g.graph.node if id(n) not in gone]
         del g.graph.node[:]
         g.graph.node.extend(keep)
     used = {name for n in g.graph.node for name in n.input} | g.outputs

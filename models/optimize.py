@@ -306,6 +306,7 @@ def optimize_vision(path, rtol: float = VISION_RTOL) -> list[Path]:
     rtol.  Returns the
     files written; ModelDirError naming the file, with nothing written, when the check fails."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     from edge_agent.models.dwconv import float_depthwise
     from edge_agent.models.preprocess import PreprocessConfig
@@ -315,13 +316,15 @@ def optimize_vision(path, rtol: float = VISION_RTOL) -> list[Path]:
     written = []
     for src in sorted((root / "onnx").glob("vision_encoder*.onnx")):
         try:
-            model = onnx.load(str(src))
+            model = onnx.load(str(src), load_external_data=False)
+            before = _external_files(model, src.parent)
+            if before:
+                load_external_data_for_model(model, str(src.parent))
         except Exception as exc:
             raise ModelDirError(f"{src}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         n = float_depthwise(model)
         if not n:
             continue
-        before = _external_files(src)
         want, got = _features(src, side), _features(model, side)
         err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
         if not err < rtol:
@@ -330,19 +333,20 @@ def optimize_vision(path, rtol: float = VISION_RTOL) -> list[Path]:
         log.info("%s: %d depthwise ConvInteger -> fp32 Conv; features %.2f%% from the graph as it was", src.name, n,
                  100 * err)
         _replace(model, src)
-        for stale in before - _external_files(src):  # the graph was external data, now it is inline
-            if stale.name.startswith(src.name):  # its own file (NAME.onnx_data), shared by no other graph
-                stale.unlink(missing_ok=True)
+        if before:  # the graph had external data; if it is inline now, its own file (NAME.onnx_data) goes
+            now = _external_files(onnx.load(str(src), load_external_data=False), src.parent)
+            for stale in before - now:
+                if stale.name.startswith(src.name):  # shared by no other graph
+                    stale.unlink(missing_ok=True)
         written.append(src)
     return written
 
 
-def _external_files(path: Path) -> set[Path]:
-    """The external-data files that graph `path` points to."""
-    import onnx
+def _external_files(model, folder: Path) -> set[Path]:
+    """The external-data files that `model` (loaded without its external data) points to."""
+    from onnx import TensorProto
 
-    model = onnx.load(str(path), load_external_data=False)
-    return {path.parent / e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    return {folder / e.value for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
             for e in t.external_data if e.key == "location"}
 
 
