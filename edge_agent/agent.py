@@ -256,7 +256,7 @@ class Agent:
         self.notifier.status("loading model")
         t0 = time.monotonic()
         self.notifier.extend_timeout(LOAD_EXTEND_S)
-        self.engine = self.engine or build_engine(s.model, progress=self._engine_progress)
+        self.engine = self.engine or build_engine(s.model, state_dir=s.state_dir, progress=self._engine_progress)
         self.gate = TileGate(s.gating)
         self.shelf = build_shelf(s)
         pending = self.shelf.pending()

@@ -77,7 +77,7 @@ def bench(ctx, config, tiles, tokens, image, decode_probe, quick, as_json, **_):
         click.echo(embedded.WARNING, err=True)
     _progress(f"loading {model_dir} ...")
     clock = StageClock(_progress)  # the engine's progress hook: stage timings and progress lines
-    engine = build_engine(settings.model, num_beams=1, max_new_tokens=work.od_tokens, progress=clock)
+    engine = build_engine(settings.model, state_dir=settings.state_dir, num_beams=1, max_new_tokens=work.od_tokens, progress=clock)
     _progress(f"{engine.info['name']} {engine.info['variant']} on {', '.join(engine.info['providers'])}; "
               f"{work.describe()}")
     _progress("warm-up ...")

@@ -72,7 +72,7 @@ def detect(ctx, image, config, as_json_flag, raw, draw, **_):
     settings = resolve(config, ctx.params)
     if settings.model_note:
         click.echo(embedded.WARNING, err=True)
-    engine = build_engine(settings.model)
+    engine = build_engine(settings.model, state_dir=settings.state_dir)
     tasks = settings.model.tasks
     opts = PipelineOptions(tiling=settings.tiling, tasks=tasks, model=model_info(engine, settings.model_note))
     passes: dict[str, list[str]] = {t: [] for t in tasks}

@@ -16,6 +16,7 @@ TASKS = ("od", "ocr")
 
 MAX_NEW_TOKENS = 1024  # the decoder's max_position_embeddings
 MAX_BEAMS = 8
+GRAPH_CACHE_DIR = "graph-cache"  # under the state dir (models/graphcache.py)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ModelOptions:
     decode_batch: int = 0  # sequences decoded together (bounds KV-cache memory), 0: see kv_cache_mb
     kv_cache_mb: int = 256  # with decode_batch 0: worst-case KV-cache size per decode call; 0: no bound
     load_per_stage: bool = False  # hold one stage's graphs at a time (less memory, a reload per frame)
+    graph_cache: bool = True  # keep ONNX Runtime's optimized vision tower in <state_dir>/graph-cache
     mmap_threshold_kb: int = 128  # glibc's mmap threshold, fixed (models/engine.py); 0: glibc's dynamic one
     row_activation_bits: int = 0  # per-row int8 decoders' activations, 7 or 8; 0: 7 on x86 without VNNI
     telemetry: bool = False  # allow onnxruntime's own telemetry (device id + events file under $HOME/.cache)
@@ -76,9 +78,13 @@ class ModelOptions:
         return EngineOptions(**kw)
 
 
-def build_engine(options: ModelOptions, **overrides):
-    """Load the engine (the slow part: graphs and tokenizer)."""
+def build_engine(options: ModelOptions, state_dir: str | os.PathLike | None = None, **overrides):
+    """Load the engine (the slow part: graphs and tokenizer).  state_dir: where the agent keeps its
+    state; with `graph_cache` on, the optimized vision tower is kept under it (GRAPH_CACHE_DIR)."""
     from edge_agent import telemetry
+
+    if options.graph_cache and state_dir:
+        overrides.setdefault("graph_cache_dir", os.path.join(state_dir, GRAPH_CACHE_DIR))
 
     telemetry.apply(options.telemetry)  # before onnxruntime is imported
     from edge_agent.models.engine import Florence2Engine

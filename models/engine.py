@@ -23,6 +23,7 @@ from edge_agent.models.convint import add_conv_overrides
 from edge_agent.models.errors import InferenceError, ModelDirError, ModelError, ModelSettingError
 from edge_agent.models.generate import Generated, generate
 from edge_agent.models.generation import DEFAULT_MAX_NEW_TOKENS, GenerationSettings
+from edge_agent.models.graphcache import GraphCache
 from edge_agent.models.memory import advise_random, fix_mmap_threshold, trim_heap
 from edge_agent.models.onnxmeta import OnnxFormatError
 from edge_agent.models.outputs import TASKS, TaskOutput
@@ -91,6 +92,11 @@ class EngineOptions:
     # engine.run reloads both stages' graphs ("load" progress reports; measured in
     # benchmarks/frame-results.md, session 8).
     load_per_stage: bool = False
+    # A directory where ONNX Runtime's optimized copy of the vision tower is kept, so that later
+    # loads skip optimizing it (models/graphcache.py): base int8 0.73-0.81 -> 0.16-0.26 s per load,
+    # load peak 282 -> 198 MB, features bit-identical (benchmarks/frame-results.md, session 17).
+    # With load_per_stage that is every frame.  "": no cache.  The CPU provider only.
+    graph_cache_dir: str = ""
     # glibc's mmap threshold, fixed for the process when the engine starts (KiB; 0 leaves glibc's
     # dynamic threshold).  glibc raises its threshold to each freed mapped block's size (up to
     # 32 MB), so after a graph's load or a stage's activations are freed, blocks below that size
@@ -137,16 +143,66 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: int = 8):
+def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: int = 8,
+             cache: GraphCache | None = None, stats: dict | None = None):
+    """An InferenceSession of the graph at `path`.  cache: keep ONNX Runtime's optimized copy of
+    it there and load that next time (models/graphcache.py; CPU provider only); stats counts the
+    cache's "hits" and "writes"."""
+    entry = hit = None
+    if cache is not None and list(providers) == ["CPUExecutionProvider"]:
+        try:
+            entry, hit = cache.entry(path, {"row_bits": row_bits, "providers": list(providers)})
+        except OSError:
+            cache = None  # the source cannot be read: ONNX Runtime's own error below says why
+    if cache is not None and entry is not None:
+        if hit:
+            try:
+                session = _new_session(entry, providers, opts, optimized=True)
+                if stats is not None:
+                    stats["hits"] += 1
+                log.debug("graph cache: %s loaded as %s", path, entry)
+                return session
+            except Exception as exc:  # onnxruntime's own types: a truncated or damaged entry
+                log.warning("graph cache: %s cannot be loaded (%s); loading %s", entry,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, path)
+                cache.discard(entry)
+        staged = cache.staging(entry)
+        if staged is not None:
+            try:
+                session = _new_session(path, providers, opts, row_bits, save_to=staged)
+            except Exception:  # perhaps writing the copy failed: load once more without it, below
+                cache.give_up(entry, staged)
+            else:
+                cache.commit(entry, staged)
+                if stats is not None:
+                    stats["writes"] += 1
+                log.info("graph cache: %s optimized once, kept as %s", path, entry)
+                return session
+    try:
+        return _new_session(path, providers, opts, row_bits)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelDirError(f"{path}: cannot load ONNX graph: {str(exc).splitlines()[0]}") from None
+
+
+def _new_session(path: Path, providers: list[str], opts: EngineOptions, row_bits: int = 8,
+                 optimized: bool = False, save_to: Path | None = None):
+    """optimized: `path` is ONNX Runtime's own optimized copy (GraphCache): loaded without
+    optimizing it again, and without the load-time constants, which it already holds.
+    save_to: write the optimized graph there."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    add_overrides(so, row_bits)
-    try:
-        add_conv_overrides(so, path)  # int8 ConvInteger weights as the same integers in uint8
-    except (OSError, OnnxFormatError):
-        pass  # a file it cannot read: ONNX Runtime's own error below says why
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimized:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    else:
+        add_overrides(so, row_bits)
+        try:
+            add_conv_overrides(so, path)  # int8 ConvInteger weights as the same integers in uint8
+        except (OSError, OnnxFormatError):
+            pass  # a file it cannot read: ONNX Runtime's own error says why
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if save_to is not None:
+            so.optimized_model_filepath = str(save_to)
     if opts.intra_op_threads:
         so.intra_op_num_threads = int(opts.intra_op_threads)
     so.enable_cpu_mem_arena = bool(opts.cpu_mem_arena)
@@ -155,10 +211,7 @@ def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: in
         _register_shared_arena()
         so.add_session_config_entry("session.use_env_allocators", "1")
     so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelDirError(f"{path}: cannot load ONNX graph: {str(exc).splitlines()[0]}") from None
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
 
 
 _SHARED_ARENA: list = []
@@ -238,6 +291,12 @@ class Florence2Engine:
         except ValueError as exc:
             raise ModelSettingError(f"row_activation_bits: {exc}") from None
         self._loads = 0
+        self.graph_cache_stats = {"hits": 0, "writes": 0}
+        self._graph_cache = None
+        if opts.graph_cache_dir:
+            import onnxruntime as ort
+
+            self._graph_cache = GraphCache(opts.graph_cache_dir, ort.__version__)
         tc = self.dir.text_config()
         self._heads = tc.get("decoder_attention_heads")
         self._head_dim = tc["d_model"] // self._heads if self._heads and tc.get("d_model") else None
@@ -270,7 +329,8 @@ class Florence2Engine:
     def _load(self, part: str | Path):
         """One graph's session: a part name (its path in this variant) or a path."""
         path = part if isinstance(part, Path) else self.dir.onnx_path(part)
-        session = _session(path, self.providers, self.opts, self.row_bits)
+        cache = self._graph_cache if part == "vision_encoder" else None  # the one graph whose optimizing pays
+        session = _session(path, self.providers, self.opts, self.row_bits, cache, self.graph_cache_stats)
         self._loads += 1
         self._progress("load", self._loads, 0)
         return session

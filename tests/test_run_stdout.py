@@ -140,7 +140,7 @@ def test_frames_failing_in_a_row_end_the_run_with_exit_1(tmp_path, monkeypatch, 
             raise RuntimeError("onnxruntime: out of memory")
 
     s = one_looping_image_settings(tmp_path)
-    monkeypatch.setattr(agent_mod, "build_engine", lambda settings, progress=None: Broken())
+    monkeypatch.setattr(agent_mod, "build_engine", lambda settings, **kw: Broken())
     with pytest.raises(RuntimeFailure) as err:
         agent_mod.Agent(s, agent_mod.RunLimits(drain_timeout=0)).run(install_signals=False)
     assert exit_status(err.value) == 1 and "out of memory" in str(err.value)
@@ -165,7 +165,7 @@ def test_stop_request_finishes_the_current_frame_then_exits_0(tmp_path, monkeypa
             return [{t: TaskOutput(t, Regions.empty(t == "ocr"), False, "", ()) for t in tasks} for _ in crops]
 
     s = one_looping_image_settings(tmp_path)
-    monkeypatch.setattr(agent_mod, "build_engine", lambda settings, progress=None: StopsMidFrame())
+    monkeypatch.setattr(agent_mod, "build_engine", lambda settings, **kw: StopsMidFrame())
     code = agent_mod.Agent(s, agent_mod.RunLimits(), stop_event=stop).run(install_signals=False)
     lines = json_lines(capsys.readouterr().out)
     assert code == 0 and [r["seq"] for r in lines] == [0]
