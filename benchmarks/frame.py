@@ -68,8 +68,10 @@ VARIANTS = {
     "int8-optimized": ("_int8", {}, 768),
     # issue 17, the 2 GB Pi profile (config/examples/pi-2gb.toml): one stage's graphs loaded at a
     # time, so every frame reloads them; kv_cache_mb 128 splits this frame's decode in two calls;
-    # glibc's mmap threshold fixed at 128 KiB
-    "int8-pi": ("_int8", {"load_per_stage": True, "kv_cache_mb": 128, "mmap_threshold_kb": 128}, 768),
+    # glibc's mmap threshold fixed at 128 KiB; since session 17 the reloaded vision tower comes
+    # from the graph cache, as under the agent (graph_cache: WORKDIR/graph-cache, written at start)
+    "int8-pi": ("_int8", {"load_per_stage": True, "kv_cache_mb": 128, "mmap_threshold_kb": 128, "graph_cache": True}, 768),
+    "int8-pi-nocache": ("_int8", {"load_per_stage": True, "kv_cache_mb": 128, "mmap_threshold_kb": 128}, 768),
     # issue 17, session 10: int8 with glibc's dynamic mmap threshold ([model] mmap_threshold_kb = 0;
     # the default is 128 KiB since session 10), to time and weigh what the fixed one does
     "int8-glibc": ("_int8", {"mmap_threshold_kb": 0}, 768),
@@ -199,6 +201,9 @@ def child_edge(args) -> dict:
 
     work = workload(args)
     suffix, extra, side = VARIANTS[args.variant]
+    extra = dict(extra)
+    if extra.pop("graph_cache", False):
+        extra["graph_cache_dir"] = str(Path(args.workdir) / "graph-cache")
     clock = StageClock()
     t = time.perf_counter()
     eng = Florence2Engine(EngineOptions(model_dir=model_dir(args, side, args.variant), variant=suffix, num_beams=1,
