@@ -157,7 +157,7 @@ def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: in
     if cache is not None and entry is not None:
         if hit:
             try:
-                session = _new_session(entry, providers, opts, optimized=True)
+                session = _new_session(entry, providers, opts, row_bits, optimized=True)
                 if stats is not None:
                     stats["hits"] += 1
                 log.debug("graph cache: %s loaded as %s", path, entry)
@@ -186,20 +186,22 @@ def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: in
 
 def _new_session(path: Path, providers: list[str], opts: EngineOptions, row_bits: int = 8,
                  optimized: bool = False, save_to: Path | None = None):
-    """optimized: `path` is ONNX Runtime's own optimized copy (GraphCache): loaded without
-    optimizing it again, and without the load-time constants, which it already holds.
-    save_to: write the optimized graph there."""
+    """optimized: `path` is ONNX Runtime's own optimized copy (GraphCache), loaded without
+    optimizing it again.  The load-time constants apply to it as to the source: ONNX Runtime
+    writes the graph's own initializers into that copy, not the ones given by add_initializer
+    (an onnx-community int8 tower's ConvInteger weights come back int8, and would run on
+    the slow kernel without the override).  save_to: write the optimized graph there."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    add_overrides(so, row_bits)
+    try:
+        add_conv_overrides(so, path)  # int8 ConvInteger weights as the same integers in uint8
+    except (OSError, OnnxFormatError):
+        pass  # a file it cannot read: ONNX Runtime's own error says why
     if optimized:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     else:
-        add_overrides(so, row_bits)
-        try:
-            add_conv_overrides(so, path)  # int8 ConvInteger weights as the same integers in uint8
-        except (OSError, OnnxFormatError):
-            pass  # a file it cannot read: ONNX Runtime's own error says why
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)

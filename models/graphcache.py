@@ -14,10 +14,12 @@ frame, so that is paid per frame.  The text encoder and decoders load in 0.01-0.
 so the engine caches the vision tower only.
 
 **Valid only where it was written.**  The optimized graph holds layouts chosen for this CPU's
-vector width (NCHWc blocks), and the engine's load-time constants (models/rowscale.py,
-models/convint.py) folded in, so an entry's name carries a key over what it depends on: the
+vector width (NCHWc blocks), so an entry's name carries a key over what it depends on: the
 source file (path, size, modification time), the onnxruntime version, the machine and its CPU
-flags, and the caller's context (activation bits, providers).  A changed model file, an upgraded
+flags, and the caller's context (activation bits, providers).  It does not hold the engine's
+load-time constants (models/rowscale.py, models/convint.py): ONNX Runtime writes the graph's own
+initializers, not those given by `add_initializer`, so the engine gives them again when it
+loads an entry.  A changed model file, an upgraded
 onnxruntime or a disk moved to another CPU makes a new key; the entries of the same source under
 older keys are removed when the new one is written.
 

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import onnx_community  # noqa: E402
 from fixtures.make_tiny_model import DEFAULT_OUT as TINY  # noqa: E402
 from test_run_stdout import edge_agent, json_lines, make_video  # noqa: E402
 
+from edge_agent.models.convint import uint8_conv_weights  # noqa: E402
 from edge_agent.models.engine import EngineOptions, Florence2Engine  # noqa: E402
 from edge_agent.models.graphcache import GraphCache  # noqa: E402
 
@@ -133,3 +135,22 @@ def test_an_entry_whose_writing_failed_is_not_tried_again_in_the_process(tmp_pat
     assert not staged.exists()
     assert cache.staging(path) is None
     assert GraphCache(tmp_path / "cache", "1.0").staging(path) is not None  # another process tries again
+
+
+def test_a_downloads_convinteger_weights_are_still_loaded_as_uint8_from_the_cache(tmp_path_factory):
+    """ONNX Runtime writes the graph's own initializers into its optimized copy, not the uint8
+    ones models/convint.py hands it, so the engine hands them again when it loads the copy: the
+    same weights are found there (else onnx-community's int8 tower would run ConvInteger's slow
+    int8-weight kernel, bit for bit the same, several times slower)."""
+    model = onnx_community.build(tmp_path_factory.mktemp("oc-gc") / "Florence-2-tiny", suffixes=("_int8",))
+    cache = tmp_path_factory.mktemp("cache")
+    plain = engine(model).image_features([tile()])
+    engine(model, graph_cache_dir=str(cache))
+    (entry,) = entries(cache)
+    source = uint8_conv_weights(model / "onnx" / "vision_encoder_int8.onnx")
+    cached = uint8_conv_weights(entry)
+    assert source and sorted(cached) == sorted(source)
+    assert all(np.array_equal(cached[k], source[k]) for k in source)
+    again = engine(model, graph_cache_dir=str(cache))
+    assert again.graph_cache_stats == {"hits": 1, "writes": 0}
+    assert np.array_equal(again.image_features([tile()]), plain)
