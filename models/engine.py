@@ -158,6 +158,7 @@ def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: in
         if hit:
             try:
                 session = _new_session(entry, providers, opts, row_bits, optimized=True)
+                cache.used(entry)
                 if stats is not None:
                     stats["hits"] += 1
                 log.debug("graph cache: %s loaded as %s", path, entry)

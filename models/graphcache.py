@@ -21,7 +21,9 @@ load-time constants (models/rowscale.py, models/convint.py): ONNX Runtime writes
 initializers, not those given by `add_initializer`, so the engine gives them again when it
 loads an entry.  A changed model file, an upgraded
 onnxruntime or a disk moved to another CPU makes a new key; the entries of the same source under
-older keys are removed when the new one is written.
+older keys are removed when the new one is written, and beyond the MAX_ENTRIES most recently
+used entries (a hit marks its entry used) the rest go too, so that a model tried once and left
+does not hold its copy for ever.
 
 **Guarantees.**  An entry appears whole or not at all: ONNX Runtime writes a staging file, which
 is renamed into place after the session loaded (`commit`).  A cache that cannot be written, or an
@@ -42,6 +44,7 @@ from edge_agent.models.cpu import cpu_flags
 log = logging.getLogger(__name__)
 
 SUFFIX = ".onnx"
+MAX_ENTRIES = 4  # the most recently used entries kept (a model's int8 and fp32 towers, and a spare pair)
 
 
 class GraphCache:
@@ -69,6 +72,13 @@ class GraphCache:
         path = self.dir / f"{self._prefix(source)}{self.key(source, context)}{SUFFIX}"
         return path, path.is_file()
 
+    def used(self, path: Path) -> None:
+        """Mark an entry as just used (its modification time), for the MAX_ENTRIES rule."""
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
     def staging(self, path: Path) -> Path | None:
         """Where ONNX Runtime should write the optimized copy of `path`'s graph (None: the cache
         directory cannot be created, or writing this entry failed before in this process; load
@@ -95,6 +105,15 @@ class GraphCache:
             return
         prefix = path.name[:-len(SUFFIX)].rsplit(".", 1)[0] + "."  # the name without its key
         for old in self.dir.glob(f"{prefix}*{SUFFIX}"):
+            if old != path:
+                self._remove(old)
+        by_use = []
+        for entry in self.dir.glob(f"*{SUFFIX}"):
+            try:
+                by_use.append((entry.stat().st_mtime_ns, entry))
+            except OSError:
+                pass
+        for _, old in sorted(by_use, reverse=True)[MAX_ENTRIES:]:
             if old != path:
                 self._remove(old)
 

@@ -154,3 +154,32 @@ def test_a_downloads_convinteger_weights_are_still_loaded_as_uint8_from_the_cach
     again = engine(model, graph_cache_dir=str(cache))
     assert again.graph_cache_stats == {"hits": 1, "writes": 0}
     assert np.array_equal(again.image_features([tile()]), plain)
+
+
+def test_only_the_most_recently_used_entries_stay(tmp_path):
+    from edge_agent.models.graphcache import MAX_ENTRIES
+
+    cache = GraphCache(tmp_path / "cache", "1.0")
+    paths = []
+    for i in range(MAX_ENTRIES):  # a full cache
+        source = tmp_path / f"m{i}" / "vision_encoder.onnx"
+        source.parent.mkdir()
+        source.write_bytes(b"graph")
+        path, _ = cache.entry(source, {})
+        staged = cache.staging(path)
+        staged.write_bytes(b"optimized")
+        os.utime(staged, ns=(10**18 + i * 10**9,) * 2)  # written in this order, a second apart, long ago
+        cache.commit(path, staged)
+        paths.append(path)
+        if i == 0:
+            first = path
+    cache.used(first)  # the oldest, used again since: it stays, the next oldest goes
+    source = tmp_path / "late" / "vision_encoder.onnx"
+    source.parent.mkdir()
+    source.write_bytes(b"graph")
+    path, _ = cache.entry(source, {})
+    staged = cache.staging(path)
+    staged.write_bytes(b"optimized")
+    cache.commit(path, staged)
+    left = set(entries(tmp_path / "cache"))
+    assert left == {first, *paths[2:], path}  # paths[1], the least recently used, went
