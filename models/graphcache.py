@@ -94,7 +94,8 @@ class GraphCache:
 
     def commit(self, path: Path, staged: Path) -> None:
         """Move the staged copy into place (after its session loaded), then remove the entries of
-        the same source under other keys."""
+        the same source under other keys, its staging files left by killed processes, and the
+        entries beyond the MAX_ENTRIES most recently used."""
         try:
             with open(staged, "rb") as f:
                 os.fsync(f.fileno())
@@ -107,6 +108,8 @@ class GraphCache:
         for old in self.dir.glob(f"{prefix}*{SUFFIX}"):
             if old != path:
                 self._remove(old)
+        for old in self.dir.glob(f".{prefix}*.tmp"):  # staging files a killed process left
+            self._remove(old)
         by_use = []
         for entry in self.dir.glob(f"*{SUFFIX}"):
             try:

@@ -45,6 +45,11 @@ def test_a_second_load_comes_from_the_cache_and_sees_the_same(tmp_path, variant)
     (entry,) = entries(tmp_path)
     assert entry.name.startswith(f"vision_encoder{variant}-")
     assert not list(tmp_path.glob(".*"))  # no staging file left behind
+    killed = tmp_path / f".{entry.name}.99999999.tmp"  # what a process killed while writing leaves
+    killed.write_bytes(b"partial")
+    entry.unlink()
+    engine(variant=variant, graph_cache_dir=str(tmp_path))
+    assert entries(tmp_path) == [entry] and not killed.exists()
     second = engine(variant=variant, graph_cache_dir=str(tmp_path))
     assert second.graph_cache_stats == {"hits": 1, "writes": 0}
     assert entries(tmp_path) == [entry]
