@@ -109,16 +109,18 @@ def _combine_cut(regions: Regions, idx: list[int]) -> Regions:
 def _join(a: str, box_a: np.ndarray, b: str, box_b: np.ndarray) -> str | None:
     """Readings `a` (starting further left) and `b` of one line as one reading, or None.
 
-    If one rectangle lies within the other (give or take a character) and its text is part of
-    the other's, the longer reading.  Else, if `b` runs on past `a`, `a` + the rest of `b`
+    If one rectangle lies within the other (give or take half a character: a reading one
+    character longer on a side is not within) and its text is part of the other's, the longer
+    reading.  Else, if `b` runs on past `a`, `a` + the rest of `b`
     where the end of `a` is the start of `b`: the shared length closest to the number of
     characters the two rectangles share (their overlap over the character width)."""
     if not a.strip() or not b.strip():
         return a if a.strip() else b
     char_w = max(((box_a[2] - box_a[0]) / len(a) + (box_b[2] - box_b[0]) / len(b)) / 2, 1e-9)
-    if box_b[0] >= box_a[0] - char_w and box_b[2] <= box_a[2] + char_w and b in a:
+    slack = 0.5 * char_w
+    if box_b[0] >= box_a[0] - slack and box_b[2] <= box_a[2] + slack and b in a:
         return a
-    if box_a[0] >= box_b[0] - char_w and box_a[2] <= box_b[2] + char_w and a in b:
+    if box_a[0] >= box_b[0] - slack and box_a[2] <= box_b[2] + slack and a in b:
         return b
     shared = (min(box_a[2], box_b[2]) - max(box_a[0], box_b[0])) / char_w
     ks = [k for k in range(MIN_STITCH, min(len(a), len(b)) + 1) if a.endswith(b[:k])]
