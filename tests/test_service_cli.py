@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from source_build import build_lock
 
 from edge_agent import cmd_service
 from edge_agent.cli import cli
@@ -191,8 +192,9 @@ def test_install_works_from_a_non_editable_wheel(tmp_path):
     import sysconfig
 
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=600)
+    with build_lock():  # tests/source_build.py
+        subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=600)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python3*/site-packages"))

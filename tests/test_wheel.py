@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from source_build import build_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(1500)
 def test_wheel_in_a_fresh_venv_runs_the_demo(tmp_path):
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-                           capture_output=True, text=True, timeout=600)
+    with build_lock():  # tests/source_build.py
+        build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+                                str(ROOT)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     wheel = next(dist.glob("edge_agent-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
