@@ -151,10 +151,10 @@ def _session(path: Path, providers: list[str], opts: EngineOptions, row_bits: in
     entry = hit = None
     if cache is not None and list(providers) == ["CPUExecutionProvider"]:
         try:
-            entry, hit = cache.entry(path, {"row_bits": row_bits, "providers": list(providers)})
+            entry, hit = cache.entry(path, {"row_bits": row_bits})
         except OSError:
-            cache = None  # the source cannot be read: ONNX Runtime's own error below says why
-    if cache is not None and entry is not None:
+            pass  # the source cannot be read: ONNX Runtime's own error below says why
+    if entry is not None:
         if hit:
             try:
                 session = _new_session(entry, providers, opts, row_bits, optimized=True)

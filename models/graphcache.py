@@ -16,7 +16,7 @@ so the engine caches the vision tower only.
 **Valid only where it was written.**  The optimized graph holds layouts chosen for this CPU's
 vector width (NCHWc blocks), so an entry's name carries a key over what it depends on: the
 source file (path, size, modification time), the onnxruntime version, the machine and its CPU
-flags, and the caller's context (activation bits, providers).  It does not hold the engine's
+flags, and the caller's context (the activation bits).  It does not hold the engine's
 load-time constants (models/rowscale.py, models/convint.py): ONNX Runtime writes the graph's own
 initializers, not those given by `add_initializer`, so the engine gives them again when it
 loads an entry.  A changed model file, an upgraded
@@ -51,25 +51,22 @@ class GraphCache:
     def __init__(self, directory: str | Path, runtime_version: str):
         self.dir = Path(directory)
         self.runtime_version = runtime_version
+        self._host = {"machine": platform.machine(), "cpu": sorted(cpu_flags())}  # read once, not per load
         self._given_up: set[Path] = set()  # entries whose writing failed in this process
 
     def key(self, source: Path, context: dict) -> str:
         """What an optimized copy of `source` depends on, hashed."""
         st = source.stat()
         data = {"source": str(source.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                "runtime": self.runtime_version, "machine": platform.machine(),
-                "cpu": sorted(cpu_flags()), "context": context}
+                "runtime": self.runtime_version, **self._host, "context": context}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def _prefix(self, source: Path) -> str:
-        """Entries of one source file share this prefix: its name and a hash of its full path."""
-        where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-        return f"{source.stem}-{where}."
-
     def entry(self, source: str | Path, context: dict) -> tuple[Path, bool]:
-        """The cache path for `source` in `context`, and whether an optimized copy is there."""
+        """The cache path for `source` in `context`, and whether an optimized copy is there.  The
+        entries of one source file share a prefix: its name and a hash of its full path."""
         source = Path(source)
-        path = self.dir / f"{self._prefix(source)}{self.key(source, context)}{SUFFIX}"
+        where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+        path = self.dir / f"{source.stem}-{where}.{self.key(source, context)}{SUFFIX}"
         return path, path.is_file()
 
     def used(self, path: Path) -> None:
